@@ -1,0 +1,134 @@
+"""Model configuration, in TransformerLens's field names so `ActivationCache` and analyses read it as a TL cfg."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from circuitlab.errors import CircuitlabError
+
+PositionalType = Literal["standard", "shortformer"]
+InitMode = Literal["gpt2", "nanda"]
+
+
+@dataclass
+class ModelConfig:
+    """One config for the attention-only models of Elhage et al. (2021), the smeared-key variant of Olsson et al.
+    (2022) and the 1-layer ReLU-MLP model of Nanda et al. (2023).
+
+    positional_embedding_type:
+        "standard": W_pos is added to the residual stream.
+        "shortformer": W_pos is added only to the inputs of W_Q and W_K (Press et al. 2021), as in the Framework
+        paper's models, so the residual stream and the OV path carry tokens only.
+    smeared_keys: k_j <- sigmoid(alpha) k_j + (1 - sigmoid(alpha)) k_{j-1}, one trainable alpha per head
+        (Olsson et al. 2022, argument 2).
+    d_mlp: 0 means attention-only.
+    init: "gpt2" = N(0, 0.8/sqrt(d_model)) for every matrix (TransformerLens's default);
+        "nanda" = the grokking paper's init (W_E ~ N(0,1)/sqrt(d_model), W_U /sqrt(d_vocab), the rest /sqrt(d_model)).
+    """
+
+    n_layers: int = 2
+    d_model: int = 128
+    n_heads: int = 8
+    d_head: int = 16
+    n_ctx: int = 128
+    d_vocab: int = 2048
+    positional_embedding_type: PositionalType = "shortformer"
+    smeared_keys: bool = False
+    layer_norm: bool = False
+    attn_bias: bool = False
+    d_mlp: int = 0
+    init: InitMode = "gpt2"
+    seed: int = 0
+    eps: float = 1e-5
+
+    # --- TransformerLens-compatible read-only views (ActivationCache and TL-style analyses look for these) ---
+    @property
+    def attn_only(self) -> bool:
+        return self.d_mlp == 0
+
+    @property
+    def normalization_type(self) -> str | None:
+        return "LN" if self.layer_norm else None
+
+    @property
+    def act_fn(self) -> str:
+        return "relu"
+
+    @property
+    def d_vocab_out(self) -> int:
+        return self.d_vocab
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        problems = []
+        for name in ("d_model", "n_heads", "d_head", "n_ctx", "d_vocab"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.n_layers < 0:
+            problems.append(f"n_layers must be >= 0 (got {self.n_layers})")
+        if self.d_mlp < 0:
+            problems.append(f"d_mlp must be >= 0 (got {self.d_mlp}); use 0 for attention-only")
+        if self.positional_embedding_type not in ("standard", "shortformer"):
+            problems.append(
+                f"positional_embedding_type must be 'standard' or 'shortformer' (got {self.positional_embedding_type!r})"
+            )
+        if self.init not in ("gpt2", "nanda"):
+            problems.append(f"init must be 'gpt2' or 'nanda' (got {self.init!r})")
+        if problems:
+            raise CircuitlabError("invalid model config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise CircuitlabError(
+                f"model config has unknown fields {unknown}: it was written by a newer circuitlab; upgrade circuitlab"
+            )
+        return cls(**d)
+
+
+@dataclass
+class Preset:
+    """A model size from the papers plus the training settings that suit it on a CPU."""
+
+    model: dict[str, Any]
+    train: dict[str, Any] = field(default_factory=dict)
+    about: str = ""
+
+
+def _attn(n_layers: int, about: str) -> Preset:
+    # Sizes scaled down from the Framework paper's (12 heads of 64, vocab ~50k) so that they train on a laptop CPU;
+    # shortformer positions and a BOS token at the start of every window as in the papers. See
+    # ../shared/reference/calibration.md for why lr 1e-2 and batch 8 x 128.
+    return Preset(
+        model=dict(
+            n_layers=n_layers, d_model=128, n_heads=8, d_head=16, n_ctx=128, d_vocab=2048,
+            positional_embedding_type="shortformer",
+        ),
+        train=dict(batch_size=8, lr=1e-2, warmup_steps=200, max_tokens=20_000_000),
+        about=about,
+    )
+
+
+PRESETS: dict[str, Preset] = {
+    "attn0": _attn(0, "zero-layer: logits = W_E W_U, a bigram table"),
+    "attn1": _attn(1, "one attention layer: bigrams + skip-trigrams"),
+    "attn2": _attn(2, "two attention layers: composition, induction heads"),
+    "attn3": _attn(3, "three attention layers"),
+    "attn8": _attn(8, "eight attention layers"),
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise CircuitlabError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}") from None

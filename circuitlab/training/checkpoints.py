@@ -1,0 +1,115 @@
+"""Checkpoints: safetensors weights plus JSON config, never pickle. Every write is atomic (temp file + rename).
+
+RUN/checkpoints/step-{step:09d}.safetensors  model weights; metadata: step, tokens, model config (JSON)
+RUN/optimizer.safetensors                    AdamW state of the latest checkpoint; metadata: step
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file, safe_open
+
+from circuitlab.errors import CircuitlabError
+from circuitlab.model import ModelConfig, Transformer
+
+CKPT_RE = re.compile(r"step-(\d{9})\.safetensors$")
+
+
+def atomic_write(path: Path, write) -> None:
+    """write(tmp_path) then rename over `path`, so a crash never leaves a half-written file in its place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step-{step:09d}.safetensors"
+
+
+def list_checkpoints(run_dir: Path) -> list[int]:
+    d = Path(run_dir) / "checkpoints"
+    return sorted(int(m.group(1)) for p in d.glob("step-*.safetensors") if (m := CKPT_RE.search(p.name))) if d.is_dir() else []
+
+
+def save_checkpoint(run_dir: Path, model: Transformer, step: int, tokens: int) -> Path:
+    path = checkpoint_path(run_dir, step)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    meta = {"step": str(step), "tokens": str(tokens), "model_config": json.dumps(model.cfg.to_dict())}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    return path
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    if not path.exists():
+        raise CircuitlabError(f"checkpoint {path} does not exist: list them with `circuitlab info {path.parent.parent}`")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return load_file(str(path)), meta
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CircuitlabError(
+            f"checkpoint {path} is corrupt or truncated ({str(e).splitlines()[0]}): delete it to use an earlier one"
+        ) from None
+
+
+def load_checkpoint(path: Path, cfg: ModelConfig, device: str | torch.device = "cpu") -> tuple[Transformer, dict]:
+    """A model with the checkpoint's weights. The checkpoint's config must match `cfg` (the run's)."""
+    tensors, meta = _read(Path(path))
+    saved = json.loads(meta.get("model_config", "{}"))
+    diff = {k: (saved.get(k), v) for k, v in cfg.to_dict().items() if k in saved and saved[k] != v}
+    if diff:
+        what = ", ".join(f"{k}: checkpoint {a!r} vs run {b!r}" for k, (a, b) in diff.items())
+        raise CircuitlabError(f"checkpoint {path} does not match the run's model config ({what}): use the run it came from")
+    model = Transformer(cfg)
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise CircuitlabError(f"checkpoint {path} does not fit the model config ({str(e).splitlines()[1].strip()}): use the run it came from") from None
+    return model.to(device), {"step": int(meta.get("step", -1)), "tokens": int(meta.get("tokens", -1))}
+
+
+def save_optimizer(run_dir: Path, optimizer: torch.optim.Optimizer, model: Transformer, step: int) -> None:
+    """AdamW state by parameter name (exp_avg, exp_avg_sq, step), so resuming continues the same trajectory."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    tensors = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                tensors[f"{names[id(p)]}::{key}"] = torch.as_tensor(value).detach().to("cpu").contiguous()
+    atomic_write(Path(run_dir) / "optimizer.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"step": str(step)}))
+
+
+def optimizer_step(run_dir: Path) -> int | None:
+    path = Path(run_dir) / "optimizer.safetensors"
+    if not path.exists():
+        return None
+    return int(_read(path)[1].get("step", -1))
+
+
+def load_optimizer(run_dir: Path, optimizer: torch.optim.Optimizer, model: Transformer) -> int:
+    tensors, meta = _read(Path(run_dir) / "optimizer.safetensors")
+    params = dict(model.named_parameters())
+    for key, value in tensors.items():
+        name, _, field = key.partition("::")
+        if name not in params:
+            raise CircuitlabError(f"optimizer state names parameter {name!r} that the model lacks: the run's files do not belong together")
+        p = params[name]
+        optimizer.state[p][field] = value if field == "step" else value.to(p.device)
+    return int(meta["step"])

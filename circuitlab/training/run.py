@@ -1,0 +1,84 @@
+"""A training run directory, as analyses see it.
+
+RUN/run.json          model config, training config, data summary
+RUN/tokenizer.json    the run's tokenizer (Hugging Face `tokenizers` format)
+RUN/metrics.jsonl     one JSON row per evaluation
+RUN/checkpoints/      step-XXXXXXXXX.safetensors
+RUN/optimizer.safetensors
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from circuitlab.errors import CircuitlabError
+from circuitlab.model import ModelConfig, Transformer
+from circuitlab.training.checkpoints import checkpoint_path, list_checkpoints, load_checkpoint
+from circuitlab.training.config import TrainConfig
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Rows of metrics.jsonl; a torn last line (a crash mid-write) is ignored."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+@dataclass
+class Run:
+    path: Path
+    config: ModelConfig
+    train_config: TrainConfig
+    data: dict
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Run":
+        path = Path(path)
+        meta = path / "run.json"
+        if not meta.exists():
+            raise CircuitlabError(f"{path} is not a circuitlab run (no run.json): train one with `circuitlab train --out {path}`")
+        try:
+            d = json.loads(meta.read_text())
+            return cls(path, ModelConfig.from_dict(d["model"]), TrainConfig.from_dict(d["train"]), d.get("data", {}))
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CircuitlabError(f"{meta} is damaged ({e}): the run cannot be read; train it again") from None
+
+    @cached_property
+    def tokenizer(self) -> Tokenizer | None:
+        p = self.path / "tokenizer.json"
+        return Tokenizer.from_file(str(p)) if p.exists() else None
+
+    @property
+    def metrics(self) -> list[dict]:
+        return read_metrics(self.path / "metrics.jsonl")
+
+    @property
+    def checkpoints(self) -> list[int]:
+        return list_checkpoints(self.path)
+
+    @property
+    def total_steps(self) -> int:
+        return self.train_config.total_steps(self.config.n_ctx)
+
+    def model(self, step: int | None = None, device: str = "cpu") -> Transformer:
+        """The model at `step` (a saved checkpoint), the latest by default."""
+        steps = self.checkpoints
+        if not steps:
+            raise CircuitlabError(f"run {self.path} has no checkpoints yet: train it (or --resume) first")
+        if step is None:
+            step = steps[-1]
+        elif step not in steps:
+            near = min(steps, key=lambda s: abs(s - step))
+            raise CircuitlabError(f"run {self.path} has no checkpoint at step {step}: the nearest is {near} (`circuitlab info {self.path}` lists them)")
+        return load_checkpoint(checkpoint_path(self.path, step), self.config, device)[0]
