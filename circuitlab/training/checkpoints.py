@@ -85,15 +85,16 @@ def load_checkpoint(path: Path, cfg: ModelConfig, device: str | torch.device = "
     return model.to(device), {"step": int(meta.get("step", -1)), "tokens": int(meta.get("tokens", -1))}
 
 
-def save_optimizer(run_dir: Path, optimizer: torch.optim.Optimizer, model: Transformer, step: int) -> None:
-    """AdamW state by parameter name (exp_avg, exp_avg_sq, step), so resuming continues the same trajectory."""
+def save_optimizer(run_dir: Path, optimizer: torch.optim.Optimizer, model: Transformer, step: int, extra: dict | None = None) -> None:
+    """AdamW state by parameter name (exp_avg, exp_avg_sq, step), so resuming continues the same trajectory.
+    `extra` (JSON) holds the loop's own state, e.g. the train losses since the last evaluation."""
     names = {id(p): n for n, p in model.named_parameters()}
     tensors = {}
     for group in optimizer.param_groups:
         for p in group["params"]:
             for key, value in optimizer.state.get(p, {}).items():
                 tensors[f"{names[id(p)]}::{key}"] = torch.as_tensor(value).detach().to("cpu").contiguous()
-    atomic_write(Path(run_dir) / "optimizer.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"step": str(step)}))
+    atomic_write(Path(run_dir) / "optimizer.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"step": str(step), "extra": json.dumps(extra or {})}))
 
 
 def optimizer_step(run_dir: Path) -> int | None:
@@ -103,7 +104,8 @@ def optimizer_step(run_dir: Path) -> int | None:
     return int(_read(path)[1].get("step", -1))
 
 
-def load_optimizer(run_dir: Path, optimizer: torch.optim.Optimizer, model: Transformer) -> int:
+def load_optimizer(run_dir: Path, optimizer: torch.optim.Optimizer, model: Transformer) -> dict:
+    """Restore the optimizer state; returns the `extra` dict saved with it."""
     tensors, meta = _read(Path(run_dir) / "optimizer.safetensors")
     params = dict(model.named_parameters())
     for key, value in tensors.items():
@@ -112,4 +114,4 @@ def load_optimizer(run_dir: Path, optimizer: torch.optim.Optimizer, model: Trans
             raise CircuitlabError(f"optimizer state names parameter {name!r} that the model lacks: the run's files do not belong together")
         p = params[name]
         optimizer.state[p][field] = value if field == "step" else value.to(p.device)
-    return int(meta["step"])
+    return json.loads(meta.get("extra", "{}"))

@@ -99,7 +99,7 @@ def _write_run_json(out: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, d
 
 
 def _start(out: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, data: TokenData, resume: bool):
-    """Create the run or reopen it for --resume. Returns (model, optimizer, start step)."""
+    """Create the run or reopen it for --resume. Returns (model, optimizer, start step, loop state)."""
     exists = (out / "run.json").exists()
     if exists and not resume:
         raise CircuitlabError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
@@ -120,16 +120,16 @@ def _start(out: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, data: Toke
     if step is not None:
         model, _ = load_checkpoint(checkpoint_path(out, step), model_cfg, device)
         optimizer = make_optimizer(model, train_cfg)
-        load_optimizer(out, optimizer, model)
+        extra = load_optimizer(out, optimizer, model)
         # Rows logged after the checkpoint we resume from are redone: drop them so the log has no duplicates.
         rows = [r for r in read_metrics(out / "metrics.jsonl") if r["step"] <= step]
         atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         log.info("resuming %s from step %d", out, step)
-        return model, optimizer, step
+        return model, optimizer, step, extra
     # A new run, or one stopped before its first optimizer save: start from the (deterministic) initialisation.
     atomic_write_text(out / "metrics.jsonl", "")
     model = Transformer(model_cfg).to(device)
-    return model, make_optimizer(model, train_cfg), 0
+    return model, make_optimizer(model, train_cfg), 0, {}
 
 
 def train(
@@ -150,7 +150,7 @@ def train(
         )
     check_data(data, model_cfg.n_ctx)
     torch.manual_seed(train_cfg.seed)
-    model, optimizer, start = _start(out, model_cfg, train_cfg, data, resume)
+    model, optimizer, start, state = _start(out, model_cfg, train_cfg, data, resume)
     total = train_cfg.total_steps(model_cfg.n_ctx)
     ckpt_steps = set(train_cfg.checkpoint_steps(total))
     last = min(total, stop_at) if stop_at is not None else total
@@ -165,7 +165,7 @@ def train(
     if start == 0:
         save_checkpoint(out, model, 0, 0)
     bar = _Progress(total, start, tokens_per_step) if progress else None
-    recent: list[float] = []
+    recent: list[float] = state.get("recent_train_losses", [])  # since the last evaluation
     t_window, tokens_window = time.perf_counter(), 0
     metrics_file = (out / "metrics.jsonl").open("a")
 
@@ -215,12 +215,13 @@ def train(
             done = step + 1
             if bar:
                 bar.advance(loss_value)
-            if done % train_cfg.eval_every == 0 or done == last:
-                log_eval(done)
+            # Checkpoint before evaluating, so what a callback does can never reach a checkpoint.
             if done in ckpt_steps or done == last:
                 save_checkpoint(out, model, done, done * tokens_per_step)
-                save_optimizer(out, optimizer, model, done)
+                save_optimizer(out, optimizer, model, done, {"recent_train_losses": recent})
                 last_good = done
+            if done % train_cfg.eval_every == 0 or done == total:
+                log_eval(done)
     finally:
         metrics_file.close()
         if bar:

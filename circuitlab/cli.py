@@ -1,0 +1,180 @@
+"""The `circuitlab` command: train and inspect runs. Input problems end in one line (what is wrong, what to do)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from circuitlab.errors import CircuitlabError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train small attention-only transformers and read their circuits.")
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+def _friendly(fn):
+    """Turn a CircuitlabError into one red line on stderr and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(show_path=False, console=err_console)])
+        try:
+            return fn(*args, **kwargs)
+        except CircuitlabError as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted: checkpoints written so far are kept; continue with --resume")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+# Flags that may change when a run is resumed (they do not change the trajectory up to the resume point).
+RESUMABLE_OVERRIDES = {"max_tokens", "max_steps", "eval_every", "checkpoint_every", "device"}
+
+
+def _corpus_flags(spec: str) -> dict:
+    kind, _, rest = spec.partition(":")
+    return {"text": rest} if kind == "text" else {"hf_dataset": rest} if kind == "hf" else {}
+
+
+@app.command()
+@_friendly
+def train(
+    out: Path = typer.Option(..., "--out", help="Run directory to create (or continue with --resume)."),
+    preset: str = typer.Option("attn2", help="Model size: attn0, attn1, attn2, attn3 or attn8."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its latest checkpoint."),
+    corpus: str = typer.Option("stdlib", help="Embedded corpus: 'stdlib' (this Python's standard library source)."),
+    text: Optional[str] = typer.Option(None, help="Your own text: a file, a folder or a glob."),
+    hf_dataset: Optional[str] = typer.Option(None, help="A Hugging Face dataset NAME[:SPLIT] (needs the network or a local folder)."),
+    # model
+    n_layers: Optional[int] = typer.Option(None, help="Attention layers (0 = bigram model W_E W_U)."),
+    d_model: Optional[int] = typer.Option(None),
+    n_heads: Optional[int] = typer.Option(None),
+    d_head: Optional[int] = typer.Option(None),
+    n_ctx: Optional[int] = typer.Option(None, help="Context length."),
+    d_vocab: Optional[int] = typer.Option(None, help="BPE vocabulary size (tokenizer trained to this size)."),
+    positional: Optional[str] = typer.Option(None, help="'standard' or 'shortformer' (positions only into Q and K)."),
+    smeared_keys: Optional[bool] = typer.Option(None, "--smeared-keys/--no-smeared-keys", help="Olsson et al. smeared keys."),
+    layer_norm: Optional[bool] = typer.Option(None, "--layer-norm/--no-layer-norm"),
+    attn_bias: Optional[bool] = typer.Option(None, "--attn-bias/--no-attn-bias"),
+    d_mlp: Optional[int] = typer.Option(None, help="ReLU MLP width (0 = attention-only)."),
+    init: Optional[str] = typer.Option(None, help="'gpt2' (TransformerLens default) or 'nanda' (grokking paper)."),
+    # training
+    batch_size: Optional[int] = typer.Option(None),
+    lr: Optional[float] = typer.Option(None),
+    warmup_steps: Optional[int] = typer.Option(None),
+    schedule: Optional[str] = typer.Option(None, help="'cosine' or 'constant' after warm-up."),
+    weight_decay: Optional[float] = typer.Option(None),
+    grad_clip: Optional[float] = typer.Option(None, help="Max gradient norm (0 = no clipping)."),
+    max_tokens: Optional[int] = typer.Option(None, help="Train for this many tokens (batch x context per step)."),
+    max_steps: Optional[int] = typer.Option(None, help="Train for this many steps (overrides --max-tokens)."),
+    eval_every: Optional[int] = typer.Option(None, help="Steps between held-out evaluations."),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Steps between regular checkpoints (log-spaced ones come on top)."),
+    log_checkpoints: Optional[int] = typer.Option(None, help="Number of log-spaced checkpoints."),
+    bos: Optional[bool] = typer.Option(None, "--bos/--no-bos", help="Start every window with the BOS token."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the initialisation and of the data order."),
+    device: Optional[str] = typer.Option(None, help="'cpu' or 'cuda'."),
+    autocast: Optional[str] = typer.Option(None, help="'none' or 'bf16' (autocast, for GPUs)."),
+    quiet: bool = typer.Option(False, help="No progress bar."),
+):
+    """Train a transformer on the embedded corpus (or your text) and save checkpoints to --out."""
+    from circuitlab.data import load_corpus, prepare_tokens
+    from circuitlab.model import ModelConfig, get_preset
+    from circuitlab.training import Run, TrainConfig
+    from circuitlab.training import train as run_training
+
+    model_flags = dict(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_head, n_ctx=n_ctx, d_vocab=d_vocab,
+                       positional_embedding_type=positional, smeared_keys=smeared_keys, layer_norm=layer_norm,
+                       attn_bias=attn_bias, d_mlp=d_mlp, init=init, seed=seed)
+    train_flags = dict(batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, schedule=schedule,
+                       weight_decay=weight_decay, grad_clip=grad_clip, max_tokens=max_tokens, max_steps=max_steps,
+                       eval_every=eval_every, checkpoint_every=checkpoint_every, log_checkpoints=log_checkpoints,
+                       bos=bos, seed=seed, device=device, autocast=autocast)
+    model_flags = {k: v for k, v in model_flags.items() if v is not None}
+    train_flags = {k: v for k, v in train_flags.items() if v is not None}
+
+    if resume and (out / "run.json").exists():
+        run = Run.open(out)
+        model_cfg, saved_train = run.config, run.train_config.to_dict()
+        clash = {k: (model_cfg.to_dict()[k], v) for k, v in model_flags.items() if model_cfg.to_dict()[k] != v}
+        clash |= {k: (saved_train[k], v) for k, v in train_flags.items()
+                  if k not in RESUMABLE_OVERRIDES and saved_train[k] != v}
+        if clash:
+            what = ", ".join(f"--{k.replace('_', '-')} was {a!r}, now {b!r}" for k, (a, b) in clash.items())
+            raise CircuitlabError(f"cannot resume {out} with different settings ({what}): drop those flags or use another --out")
+        if max_steps is None and max_tokens is not None:
+            saved_train["max_steps"] = 0
+        train_cfg = TrainConfig.from_dict(saved_train | {k: v for k, v in train_flags.items() if k in RESUMABLE_OVERRIDES})
+        corpus_flags = {"text": text, "hf_dataset": hf_dataset} if (text or hf_dataset) else _corpus_flags(run.data.get("corpus", "stdlib"))
+    else:
+        p = get_preset(preset)
+        model_cfg = ModelConfig(**(p.model | model_flags))
+        train_cfg = TrainConfig(**(p.train | train_flags))
+        corpus_flags = {"text": text, "hf_dataset": hf_dataset}
+    if model_cfg.n_ctx < 2:
+        raise CircuitlabError("--n-ctx must be at least 2 (a token and the next one to predict)")
+
+    data = prepare_tokens(load_corpus(corpus, **corpus_flags), model_cfg.d_vocab, train_cfg.heldout_fraction)
+    console.print(
+        f"[bold]{out}[/]: {model_cfg.n_layers}-layer model, d_model {model_cfg.d_model}, {model_cfg.n_heads} heads x "
+        f"{model_cfg.d_head}, n_ctx {model_cfg.n_ctx}, vocab {model_cfg.d_vocab}, {model_cfg.positional_embedding_type} "
+        f"positions{', smeared keys' if model_cfg.smeared_keys else ''}; corpus {data.info['corpus']} "
+        f"({data.info['train_tokens']:,} train / {data.info['heldout_tokens']:,} held-out tokens"
+        f"{', ' + str(data.info['skipped_files']) + ' non-UTF-8 files skipped' if data.info['skipped_files'] else ''})",
+        highlight=False,
+    )
+    run = run_training(model_cfg, train_cfg, data, out, resume=resume, progress=not quiet)
+    console.print(f"done: {len(run.checkpoints)} checkpoints in {out}/checkpoints; inspect with `circuitlab info {out}`")
+
+
+@app.command()
+@_friendly
+def info(run_dir: Path = typer.Argument(..., help="A run directory written by `circuitlab train`.")):
+    """Print a run's config, data, progress and checkpoints."""
+    from circuitlab.training import Run
+
+    run = Run.open(run_dir)
+    cfg, tc, rows = run.config, run.train_config, run.metrics
+
+    def table(title: str, items: dict) -> Table:
+        t = Table(title=title, show_header=False, title_justify="left", title_style="bold")
+        for k, v in items.items():
+            t.add_row(k, f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v))
+        return t
+
+    console.print(table("Model", cfg.to_dict()))
+    console.print(table("Training", tc.to_dict()))
+    console.print(table("Data", {k: v for k, v in run.data.items()}))
+    last = rows[-1] if rows else {}
+    total = run.total_steps
+    progress = {
+        "steps": f"{last.get('step', 0):,} / {total:,} ({last.get('step', 0) / total:.0%})",
+        "tokens seen": last.get("tokens", 0),
+        "train loss (mean since last eval)": _fmt(last.get("train_loss")),
+        "held-out loss": _fmt(last.get("heldout_loss")),
+        "initial held-out loss": _fmt(rows[0].get("heldout_loss")) if rows else "-",
+        "tokens/s (last window)": _fmt(last.get("tokens_per_s"), ",.0f"),
+        "MFU (last window)": _fmt(last.get("mfu"), ".1%"),
+    }
+    console.print(table("Progress", progress))
+    steps = run.checkpoints
+    shown = ", ".join(map(str, steps)) if len(steps) <= 24 else ", ".join(map(str, steps[:12])) + ", ..., " + ", ".join(map(str, steps[-6:]))
+    console.print(f"[bold]Checkpoints[/] ({len(steps)}): {shown}", highlight=False)
+
+
+def _fmt(x, spec: str = ".4f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,36 @@
+import shutil
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from circuitlab.data import prepare_tokens, text_corpus
+from circuitlab.model import ModelConfig
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test uses a private token cache, never the user's ~/.cache, and no network."""
+    monkeypatch.setenv("CIRCUITLAB_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def small_corpus_dir(tmp_path_factory) -> Path:
+    """~40 real Python files (about 0.5 MB) copied from the standard library."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    d = tmp_path_factory.mktemp("small_corpus")
+    for p in sorted(root.glob("*.py"))[:40]:
+        shutil.copy(p, d / p.name)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_data(small_corpus_dir, tmp_path_factory):
+    return prepare_tokens(text_corpus(str(small_corpus_dir)), 320, cache=tmp_path_factory.mktemp("tiny_cache"))
+
+
+@pytest.fixture
+def tiny_cfg() -> ModelConfig:
+    return ModelConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, n_ctx=32, d_vocab=320)

@@ -1,0 +1,74 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+import circuitlab
+from circuitlab.cli import app
+
+TINY = ["--n-layers", "1", "--d-model", "32", "--n-heads", "4", "--d-head", "8", "--n-ctx", "32", "--d-vocab", "320",
+        "--batch-size", "4", "--eval-every", "3", "--quiet"]
+
+runner = CliRunner()
+
+
+def error_line(result) -> str:
+    """The CLI's error: exit status 2 and exactly one line."""
+    assert result.exit_code == 2, result.output
+    lines = [l for l in result.output.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_train_info_resume_and_load_run(small_corpus_dir, tmp_path):
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["train", "--preset", "attn1", "--text", str(small_corpus_dir), "--out", str(out),
+                            "--max-steps", "6", *TINY])
+    assert r.exit_code == 0, r.output
+    assert "1-layer model, d_model 32" in r.output and "checkpoints" in r.output
+
+    r = runner.invoke(app, ["info", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "6 / 6 (100%)" in r.output and "Checkpoints" in r.output and "shortformer" in r.output
+
+    # resume may extend the run; it reuses the run's corpus and config
+    r = runner.invoke(app, ["train", "--resume", "--out", str(out), "--max-steps", "9", "--quiet"])
+    assert r.exit_code == 0, r.output
+    run = circuitlab.load_run(out)
+    assert run.metrics[-1]["step"] == 9 and run.config.n_layers == 1 and run.train_config.max_steps == 9
+    assert run.model().OV.shape == (1, 4, 32, 32)
+
+    line = error_line(runner.invoke(app, ["train", "--resume", "--out", str(out), "--d-model", "64", "--quiet"]))
+    assert "cannot resume" in line and "--d-model was 32, now 64" in line
+    assert circuitlab.load_run(out).metrics[-1]["step"] == 9  # nothing lost
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["train", "--preset", "attn9", "--out", "{tmp}/x"], "unknown preset 'attn9'"),
+        (["train", "--text", "{tmp}/missing/*.txt", "--out", "{tmp}/x"], "no files match"),
+        (["train", "--text", "{corpus}", "--d-vocab", "100000", "--out", "{tmp}/x", "--max-steps", "1"], "supports a vocabulary of only"),
+        (["train", "--text", "{corpus}", "--out", "{tmp}/x", "--positional", "rotary"], "positional_embedding_type"),
+        (["info", "{tmp}"], "is not a circuitlab run"),
+    ],
+)
+def test_bad_input_is_one_clear_line(args, expected, small_corpus_dir, tmp_path):
+    args = [a.format(tmp=tmp_path, corpus=small_corpus_dir) for a in args]
+    assert expected in error_line(runner.invoke(app, args))
+    assert not (tmp_path / "x" / "run.json").exists()
+
+
+def test_presets_cover_the_papers_sizes():
+    from circuitlab.model import PRESETS
+
+    assert {name: p.model["n_layers"] for name, p in PRESETS.items()} == {
+        "attn0": 0, "attn1": 1, "attn2": 2, "attn3": 3, "attn8": 8}
+
+
+def test_metrics_file_is_jsonl(small_corpus_dir, tmp_path):
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["train", "--text", str(small_corpus_dir), "--out", str(out), "--max-steps", "3", *TINY])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [0, 3]

@@ -1,0 +1,111 @@
+import json
+
+import numpy as np
+import pytest
+
+import circuitlab.data.tokens as tokens_mod
+from circuitlab.data import BOS_ID, load_corpus, prepare_tokens, stdlib_corpus, text_corpus, train_tokenizer
+from circuitlab.errors import CircuitlabError
+
+
+def test_stdlib_corpus_is_deterministic_and_skips_non_utf8():
+    a, b = stdlib_corpus(), stdlib_corpus()
+    assert [d.name for d in a.documents] == [d.name for d in b.documents]
+    assert [d.name for d in a.documents] == sorted(d.name for d in a.documents)
+    assert len(a.documents) > 500 and a.n_chars > 5_000_000
+    assert all(n.endswith(".py") and "site-packages" not in n for n in a.skipped + [d.name for d in a.documents])
+    assert a.fingerprint == b.fingerprint
+
+
+def test_text_corpus_skips_binary_and_non_utf8(tmp_path):
+    (tmp_path / "a.txt").write_text("hello world\n" * 5)
+    (tmp_path / "b.txt").write_text("second document\n" * 5)
+    (tmp_path / "img.bin").write_bytes(b"\x89PNG\x00\x01\x02")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    c = text_corpus(str(tmp_path))
+    assert [d.name for d in c.documents] == [str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]
+    assert sorted(c.skipped) == sorted([str(tmp_path / "img.bin"), str(tmp_path / "latin1.txt")])
+    assert len(text_corpus(str(tmp_path / "*.txt")).documents) == 2  # glob
+
+
+def test_bad_corpora_give_clear_errors(tmp_path):
+    with pytest.raises(CircuitlabError, match="no files match"):
+        text_corpus(str(tmp_path / "nothing-here"))
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(CircuitlabError, match="all files are empty"):
+        text_corpus(str(tmp_path))
+    (tmp_path / "blob.bin").write_bytes(b"\x00\xff" * 10)
+    with pytest.raises(CircuitlabError, match="binary or non-UTF-8"):
+        text_corpus(str(tmp_path / "blob.bin"))
+    with pytest.raises(CircuitlabError, match="unknown corpus"):
+        load_corpus("wikipedia")
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "only.txt").write_text("just one document")
+    with pytest.raises(CircuitlabError, match="at least 2"):
+        text_corpus(str(one)).split()
+
+
+def test_heldout_split_is_by_document_and_stable(small_corpus_dir):
+    c = text_corpus(str(small_corpus_dir))
+    train, held = c.split(0.1)
+    assert held and train
+    assert not {d.name for d in train} & {d.name for d in held}
+    assert len(train) + len(held) == len(c.documents)
+    # adding a document does not move the others between splits
+    c2 = text_corpus(str(small_corpus_dir))
+    c2.documents.append(type(c.documents[0])("zzz-new.py", "x = 1\n"))
+    assert {d.name for d in held} <= {d.name for d in c2.split(0.1)[1]} | {"zzz-new.py"}
+
+
+def test_tokenizer_round_trips_and_reserves_bos(small_corpus_dir):
+    docs = text_corpus(str(small_corpus_dir)).documents
+    tok = train_tokenizer(docs, 400)
+    assert tok.get_vocab_size() == 400
+    assert tok.token_to_id("<|endoftext|>") == BOS_ID
+    text = docs[0].text[:2000] + "\n\u00e9\u4e2d\U0001f600 unseen bytes"
+    assert tok.decode(tok.encode(text).ids) == text
+
+
+def test_vocab_larger_than_corpus_supports(tmp_path):
+    (tmp_path / "a.txt").write_text("ab ab ab ab")
+    (tmp_path / "b.txt").write_text("cd cd cd cd")
+    with pytest.raises(CircuitlabError, match="supports a vocabulary of only"):
+        prepare_tokens(text_corpus(str(tmp_path)), 5000, cache=tmp_path / "cache")
+    with pytest.raises(CircuitlabError, match="too small"):
+        prepare_tokens(text_corpus(str(tmp_path)), 100, cache=tmp_path / "cache")
+
+
+def test_token_cache_is_reused_not_recomputed(small_corpus_dir, tmp_path, monkeypatch):
+    corpus = text_corpus(str(small_corpus_dir))
+    first = prepare_tokens(corpus, 320, cache=tmp_path)
+    assert isinstance(first.train, np.memmap)
+    assert first.info["train_tokens"] > 50_000 and first.info["heldout_tokens"] > 0
+    assert first.train[-1] == BOS_ID  # documents end with the end-of-text token
+
+    def fail(*a, **k):
+        raise AssertionError("re-tokenized although the cache was warm")
+
+    monkeypatch.setattr(tokens_mod, "encode", fail)
+    monkeypatch.setattr(tokens_mod, "train_tokenizer", fail)
+    second = prepare_tokens(text_corpus(str(small_corpus_dir)), 320, cache=tmp_path)
+    assert np.array_equal(first.train, second.train) and np.array_equal(first.val, second.val)
+    # a changed file changes the key: the cache is not reused for different inputs
+    (small_corpus_dir / "zz_extra.py").write_text("print('new file')\n" * 50)
+    try:
+        with pytest.raises(AssertionError, match="re-tokenized"):
+            prepare_tokens(text_corpus(str(small_corpus_dir)), 320, cache=tmp_path)
+    finally:
+        (small_corpus_dir / "zz_extra.py").unlink()
+
+
+def test_hf_dataset_from_local_files_offline(tmp_path):
+    pytest.importorskip("datasets")
+    d = tmp_path / "mydata"
+    d.mkdir()
+    rows = [{"text": f"document number {i} " * 20} for i in range(30)]
+    (d / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    c = load_corpus(hf_dataset=f"{d}:train")
+    assert len(c.documents) == 30 and c.documents[3].text == rows[3]["text"]
+    with pytest.raises(CircuitlabError, match="could not load"):
+        load_corpus(hf_dataset=f"{tmp_path / 'missing'}:train")

@@ -1,0 +1,144 @@
+import hashlib
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+import circuitlab
+from circuitlab.data.tokens import BOS_ID
+from circuitlab.errors import CircuitlabError
+from circuitlab.model import ModelConfig
+from circuitlab.training import TrainConfig, train
+from circuitlab.training.checkpoints import checkpoint_path, load_checkpoint
+from circuitlab.training.trainer import batch_at
+
+
+def tcfg(**kw) -> TrainConfig:
+    base = dict(batch_size=4, lr=3e-3, warmup_steps=5, max_steps=24, eval_every=8, eval_windows=8,
+                checkpoint_every=8, log_checkpoints=6)
+    return TrainConfig(**(base | kw))
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_schedule_warms_up_then_decays():
+    c = TrainConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1, max_steps=110)
+    assert c.lr_at(0, 110) == pytest.approx(0.1) and c.lr_at(9, 110) == pytest.approx(1.0)
+    assert c.lr_at(10, 110) == pytest.approx(1.0) and c.lr_at(110, 110) == pytest.approx(0.1)
+    assert c.lr_at(60, 110) == pytest.approx(0.55)
+    assert replace(c, schedule="constant").lr_at(100, 110) == 1.0
+
+
+def test_checkpoints_are_dense_early():
+    steps = TrainConfig(checkpoint_every=1000, log_checkpoints=20).checkpoint_steps(5000)
+    assert steps[:4] == [0, 1, 2, 4] and steps[-1] == 5000 and {1000, 2000, 3000, 4000} <= set(steps)
+    early = [s for s in steps if s <= 100]
+    assert len(early) >= 10, "log spacing puts many checkpoints in the first 2% of training"
+
+
+def test_batches_are_a_function_of_seed_and_step(tiny_data):
+    c = tcfg()
+    a, b = batch_at(tiny_data, c, 32, 7), batch_at(tiny_data, c, 32, 7)
+    assert torch.equal(a, b) and not torch.equal(a, batch_at(tiny_data, c, 32, 8))
+    assert a.shape == (4, 32) and torch.all(a[:, 0] == BOS_ID)
+
+
+def test_training_learns_and_logs(tiny_data, tiny_cfg, tmp_path):
+    seen = []
+    run = train(tiny_cfg, tcfg(max_steps=60, lr=1e-2), tiny_data, tmp_path / "run", progress=False,
+                callbacks=[lambda ctx: seen.append(ctx.step) or {"my_metric": ctx.step * 2}])
+    rows = run.metrics
+    assert [r["step"] for r in rows] == [0, 8, 16, 24, 32, 40, 48, 56, 60] == seen
+    assert all(r["my_metric"] == 2 * r["step"] for r in rows)
+    assert rows[-1]["heldout_loss"] < rows[0]["heldout_loss"] - 0.5, "the model must learn something"
+    for key in ("tokens", "train_loss", "lr", "tokens_per_s", "mfu"):
+        assert key in rows[-1]
+    assert rows[-1]["tokens"] == 60 * 4 * 32
+    assert run.checkpoints[0] == 0 and run.checkpoints[-1] == 60
+    assert (tmp_path / "run" / "optimizer.safetensors").exists()
+    assert (tmp_path / "run" / "tokenizer.json").exists()
+
+
+def test_resume_reproduces_the_uninterrupted_trajectory_exactly(tiny_data, tiny_cfg, tmp_path):
+    cfg = replace(tiny_cfg, smeared_keys=True)  # every parameter kind, smear alpha included
+    straight = train(cfg, tcfg(), tiny_data, tmp_path / "straight", progress=False)
+    train(cfg, tcfg(), tiny_data, tmp_path / "halves", progress=False, stop_at=12)
+    halves = train(cfg, tcfg(), tiny_data, tmp_path / "halves", resume=True, progress=False)
+    a, b = straight.model(), halves.model()
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(p, q), f"{name} differs after resume"
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")} for r in rows]
+    assert strip(straight.metrics) == strip(halves.metrics)
+
+
+def test_load_run_gives_config_tokenizer_metrics_and_models(tiny_data, tiny_cfg, tmp_path):
+    train(tiny_cfg, tcfg(max_steps=10), tiny_data, tmp_path / "r", progress=False)
+    run = circuitlab.load_run(tmp_path / "r")
+    assert run.config == tiny_cfg
+    assert run.tokenizer.get_vocab_size() == 320
+    assert run.metrics[-1]["step"] == 10
+    m0, latest = run.model(0), run.model()
+    assert not torch.equal(m0.W_E, latest.W_E)
+    with pytest.raises(CircuitlabError, match="no checkpoint at step 7"):
+        run.model(7)
+    with pytest.raises(CircuitlabError, match="not a circuitlab run"):
+        circuitlab.load_run(tmp_path)
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(tiny_data, tiny_cfg, tmp_path):
+    out = tmp_path / "r"
+    train(tiny_cfg, tcfg(max_steps=8), tiny_data, out, progress=False)
+    before = {p.name: digest(p) for p in (out / "checkpoints").iterdir()}
+
+    # An absurd learning rate: weights overflow within a few steps and the loss stops being finite.
+    with pytest.raises(CircuitlabError, match=r"training diverged at step \d+: loss (nan|inf).*last good checkpoint \(step \d+\)"):
+        train(tiny_cfg, tcfg(max_steps=16, lr=1e30, warmup_steps=1), tiny_data, out, resume=True, progress=False)
+    after = {p.name: digest(p) for p in (out / "checkpoints").iterdir()}
+    assert {k: after[k] for k in before} == before, "checkpoints written before the divergence are untouched"
+    run = circuitlab.load_run(out)
+    for step in run.checkpoints:
+        assert all(torch.isfinite(p).all() for p in run.model(step).parameters()), f"non-finite checkpoint {step}"
+
+
+def test_existing_run_is_not_overwritten(tiny_data, tiny_cfg, tmp_path):
+    out = tmp_path / "r"
+    train(tiny_cfg, tcfg(max_steps=4), tiny_data, out, progress=False)
+    before = {p.name: digest(p) for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(CircuitlabError, match="already holds a run"):
+        train(tiny_cfg, tcfg(max_steps=4), tiny_data, out, progress=False)
+    with pytest.raises(CircuitlabError, match="model config differs"):
+        train(replace(tiny_cfg, d_model=64), tcfg(max_steps=8), tiny_data, out, resume=True, progress=False)
+    assert {p.name: digest(p) for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_corrupt_truncated_and_mismatched_checkpoints(tiny_data, tiny_cfg, tmp_path):
+    out = tmp_path / "r"
+    train(tiny_cfg, tcfg(max_steps=4), tiny_data, out, progress=False)
+    path = checkpoint_path(out, 4)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CircuitlabError, match="corrupt or truncated"):
+        circuitlab.load_run(out).model(4)
+    path.write_bytes(b"garbage" * 10)
+    with pytest.raises(CircuitlabError, match="corrupt or truncated"):
+        circuitlab.load_run(out).model(4)
+    with pytest.raises(CircuitlabError, match=r"does not match the run's model config \(d_model"):
+        load_checkpoint(checkpoint_path(out, 0), replace(tiny_cfg, d_model=64))
+
+
+def test_context_longer_than_data_and_vocab_mismatch(tiny_data, tiny_cfg, tmp_path):
+    with pytest.raises(CircuitlabError, match="fewer than the context"):
+        train(replace(tiny_cfg, n_ctx=10**7), tcfg(), tiny_data, tmp_path / "a", progress=False)
+    with pytest.raises(CircuitlabError, match="d_vocab"):
+        train(replace(tiny_cfg, d_vocab=999), tcfg(), tiny_data, tmp_path / "b", progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_run_json_records_everything_needed_to_reload(tiny_data, tiny_cfg, tmp_path):
+    train(tiny_cfg, tcfg(max_steps=2), tiny_data, tmp_path / "r", progress=False)
+    meta = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert ModelConfig.from_dict(meta["model"]) == tiny_cfg
+    assert meta["train"]["max_steps"] == 2 and meta["data"]["train_tokens"] == tiny_data.info["train_tokens"]
