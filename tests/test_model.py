@@ -144,3 +144,22 @@ def test_bad_configs_and_presets_give_one_line_errors():
         get_preset("attn9")
     with pytest.raises(ValueError, match="n_ctx"):
         make()(torch.zeros(1, 25, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name", ["shortformer", "ln_bias_mlp", "zero_layer"])
+def test_fused_training_loss_matches_plain_loss_and_gradients(name):
+    from circuitlab.model import lm_cross_entropy
+
+    model = make(**CONFIGS[name])
+    x = tokens()
+    fused = model(x, return_type="loss")  # fast path: cross-entropy fused with the unembedding
+    g_fused = torch.autograd.grad(fused, list(model.parameters()), allow_unused=True)  # 0 layers: W_pos unused
+    plain = lm_cross_entropy(model(x), x)
+    g_plain = torch.autograd.grad(plain, list(model.parameters()), allow_unused=True)
+    torch.testing.assert_close(fused, plain)
+    for (n, _), a, b in zip(model.named_parameters(), g_fused, g_plain):
+        assert (a is None) == (b is None), n
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=lambda m: f"{n}: {m}")
+    with torch.no_grad():  # no gradients wanted: the same value
+        torch.testing.assert_close(model(x, return_type="loss"), plain)

@@ -25,6 +25,7 @@ from transformer_lens import ActivationCache, FactoredMatrix, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from circuitlab.model.config import ModelConfig
+from circuitlab.model.loss import fused_lm_cross_entropy, lm_cross_entropy
 
 ReturnType = Literal["logits", "loss", "both"]
 
@@ -242,7 +243,10 @@ class Transformer(HookedRootModule):
             qk_pos = pos_embed
         for block in self.blocks:
             resid = block(resid, qk_pos, fast)
-        logits = self.ln_final(resid) @ self.W_U
+        resid = self.ln_final(resid)
+        if fast and return_type == "loss" and not loss_per_token and not torch.is_autocast_enabled(resid.device.type):
+            return fused_lm_cross_entropy(resid, self.W_U, tokens)  # training: no full logits tensor
+        logits = resid @ self.W_U
         if return_type == "logits":
             return logits
         loss = lm_cross_entropy(logits, tokens, per_token=loss_per_token)
@@ -289,14 +293,3 @@ class Transformer(HookedRootModule):
     def device(self) -> torch.device:
         return self.W_E.device
 
-
-def lm_cross_entropy(
-    logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"], per_token: bool = False
-):
-    """Next-token loss: position i predicts token i+1 (TransformerLens's lm_cross_entropy_loss)."""
-    logits = logits[:, :-1]
-    targets = tokens[:, 1:]
-    loss = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none" if per_token else "mean"
-    )
-    return loss.view(targets.shape) if per_token else loss

@@ -1,0 +1,74 @@
+"""Next-token cross-entropy, plain and fused with the unembedding.
+
+The fused form is the training fast path's: for a small model the unembedding and the softmax over the vocabulary
+are most of the step, and on a CPU the [rows, d_vocab] passes are memory-bound. Working in row chunks that fit in
+cache, and producing dL/dlogits = softmax - onehot in the same pass (as Liger-Kernel's fused linear cross-entropy
+does), keeps those passes in cache and never materialises the full logits.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+
+def lm_cross_entropy(
+    logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"], per_token: bool = False
+):
+    """Next-token loss: position i predicts token i+1 (TransformerLens's lm_cross_entropy_loss)."""
+    logits = logits[:, :-1]
+    targets = tokens[:, 1:]
+    loss = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="none" if per_token else "mean"
+    )
+    return loss.view(targets.shape) if per_token else loss
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """mean_i [logsumexp(x_i W) - (x_i W)_{y_i}], with the gradients computed chunk by chunk in the forward pass.
+
+    Per chunk z = x W: loss = m + log sum exp(z - m) - z_y with m = max z; then, in place on z,
+    dL/dz = (softmax(z) - onehot(y)) / n, which gives dL/dx = dL/dz W^T and dL/dW += x^T dL/dz.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, W: Tensor, y: Tensor, chunk: int) -> Tensor:
+        n = x.shape[0]
+        want_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        grad_x = torch.empty_like(x) if want_grad else None
+        grad_W = torch.zeros_like(W) if want_grad else None
+        total = x.new_zeros((), dtype=torch.float32)
+        for s in range(0, n, chunk):
+            xs, ys = x[s : s + chunk], y[s : s + chunk]
+            z = (xs @ W).float()  # (c, V)
+            z_y = z.gather(1, ys[:, None])
+            m = z.amax(-1, keepdim=True)
+            z.sub_(m).exp_()
+            sum_exp = z.sum(-1, keepdim=True)
+            total += (m + sum_exp.log() - z_y).sum()
+            if want_grad:
+                z.mul_(sum_exp.reciprocal_().mul_(1.0 / n))  # softmax / n
+                z[torch.arange(len(ys), device=z.device), ys] -= 1.0 / n
+                g = z.to(x.dtype)
+                torch.mm(g, W.T, out=grad_x[s : s + chunk])
+                grad_W.addmm_(xs.T, g)
+        ctx.save_for_backward(grad_x, grad_W)
+        return total / n
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        grad_x, grad_W = ctx.saved_tensors
+        return grad_x * grad_out, grad_W * grad_out, None, None
+
+
+def fused_lm_cross_entropy(
+    resid: Float[Tensor, "batch pos d_model"], W_U: Float[Tensor, "d_model d_vocab"], tokens: Int[Tensor, "batch pos"],
+    chunk: int | None = None,
+) -> Tensor:
+    """Same value and gradients as lm_cross_entropy(resid @ W_U, tokens), without the full logits tensor.
+    Default chunk: rows whose logits take about 1 MB (cache-sized; measured fastest on a 2-core CPU)."""
+    x = resid[:, :-1].reshape(-1, resid.shape[-1])
+    chunk = chunk or max(1, 2**18 // W_U.shape[-1])
+    return LinearCrossEntropy.apply(x, W_U, tokens[:, 1:].reshape(-1), chunk)
