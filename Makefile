@@ -13,7 +13,7 @@ $(BIN)/activate:
 	$(PY) -m venv $(VENV)
 
 $(VENV)/.installed: $(BIN)/activate pyproject.toml
-	$(PIP) "$(TORCH)" 2>&1 | grep -v "is ignored: it is neither" || true
+	$(PIP) "$(TORCH)" numpy 2>&1 | grep -v "is ignored: it is neither" || true
 	$(BIN)/python -c "import torch" || { echo "torch failed to install: check that $(TORCH) is available"; exit 1; }
 	$(PIP) -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
 	$(BIN)/python -c "import circuitlab, transformer_lens, tokenizers" || { echo "installing circuitlab failed (see pip output above)"; exit 1; }

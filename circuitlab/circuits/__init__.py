@@ -1,0 +1,22 @@
+"""Circuits read from the weights (Elhage et al. 2021) and head scores (Olsson et al. 2022).
+
+Each analysis is a function of a model (and data) returning a small result that serialises to JSON, and runs on a
+circuitlab Transformer or a TransformerLens TransformerBridge alike.
+"""
+
+from circuitlab.circuits.bigram import BigramAgreement, bigram_agreement, bigram_counts
+from circuitlab.circuits.circuits import (
+    copying_statistic, direct_path, ov_circuit, positional_qk_circuit, qk_circuit,
+)
+from circuitlab.circuits.composition import CompositionScores, composition_scores, random_composition_baseline
+from circuitlab.circuits.heads import (
+    HeadScores, attention_patterns, head_scores, induction_and_duplicate_scores, prefix_matching_score,
+    previous_token_score, repeated_random_tokens,
+)
+
+__all__ = [
+    "BigramAgreement", "CompositionScores", "HeadScores", "attention_patterns", "bigram_agreement", "bigram_counts",
+    "composition_scores", "copying_statistic", "direct_path", "head_scores", "induction_and_duplicate_scores",
+    "ov_circuit", "positional_qk_circuit", "prefix_matching_score", "previous_token_score", "qk_circuit",
+    "random_composition_baseline", "repeated_random_tokens",
+]

@@ -1,0 +1,66 @@
+"""Composition scores between heads in different layers (Elhage et al. 2021, 'Composition').
+
+For a head h1 in an earlier layer and h2 in a later one, with W_OV = W_V W_O and W_QK = W_Q W_K^T (row layout):
+  Q-composition  ||W_OV^{h1} W_QK^{h2}||   / (||W_OV^{h1}|| ||W_QK^{h2}||)     h1's output feeds h2's queries
+  K-composition  ||W_OV^{h1} W_QK^{h2 T}|| / (...)                            h1's output feeds h2's keys
+  V-composition  ||W_OV^{h1} W_OV^{h2}||   / (...)                            h1's output feeds h2's values
+(Frobenius norms, computed from the factored forms by TransformerLens's `composition_scores`.) Random matrices of
+the same shapes already score above zero, so the expected random score is measured and subtracted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformer_lens import FactoredMatrix
+from transformer_lens.utilities.matrix import composition_scores as tl_composition_scores
+
+from circuitlab.circuits.result import Result
+
+
+@dataclass
+class CompositionScores(Result):
+    """q, k, v: [n_layers, n_heads, n_layers, n_heads], score of (layer1, head1) -> (layer2, head2) minus the
+    random baseline; NaN where layer1 >= layer2."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    random_baseline: float
+
+    def top(self, mode: str, n: int = 5) -> list[dict]:
+        """The n largest scores of one mode, as {'from': 'L.H', 'to': 'L.H', 'score': x}."""
+        s = getattr(self, mode)
+        flat = torch.nan_to_num(s, nan=-float("inf")).flatten()
+        out = []
+        for i in flat.argsort(descending=True)[:n].tolist():
+            l1, h1, l2, h2 = torch.unravel_index(torch.tensor(i), s.shape)
+            if torch.isfinite(flat[i]):
+                out.append({"from": f"{l1}.{h1}", "to": f"{l2}.{h2}", "score": float(flat[i])})
+        return out
+
+
+def random_composition_baseline(d_model: int, d_head: int, samples: int = 200, seed: int = 0) -> float:
+    """Mean composition score of two random rank-d_head factored d_model x d_model matrices (Gaussian factors)."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(samples, *s, generator=g)
+    a = FactoredMatrix(r(d_model, d_head), r(d_head, d_model))
+    b = FactoredMatrix(r(d_model, d_head), r(d_head, d_model))
+    return float(tl_composition_scores(a, b, broadcast_dims=False).mean())
+
+
+@torch.no_grad()
+def composition_scores(model, baseline_samples: int = 200) -> CompositionScores:
+    W_Q, W_K, W_V, W_O = model.W_Q, model.W_K, model.W_V, model.W_O
+    OV = FactoredMatrix(W_V, W_O)
+    QK = FactoredMatrix(W_Q, W_K.transpose(-2, -1))
+    L = W_Q.shape[0]
+    later = torch.arange(L)[:, None, None, None] < torch.arange(L)[None, None, :, None]  # layer1 < layer2
+    base = random_composition_baseline(W_Q.shape[-2], W_Q.shape[-1], baseline_samples)
+
+    def score(right: FactoredMatrix) -> torch.Tensor:
+        s = tl_composition_scores(OV, right)  # [L, H, L, H]
+        return torch.where(later.expand_as(s), s - base, torch.nan)
+
+    return CompositionScores(q=score(QK), k=score(QK.T), v=score(OV), random_baseline=base)
