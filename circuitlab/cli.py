@@ -42,11 +42,6 @@ def _friendly(fn):
 RESUMABLE_OVERRIDES = {"max_tokens", "max_steps", "eval_every", "checkpoint_every", "device"}
 
 
-def _corpus_flags(spec: str) -> dict:
-    kind, _, rest = spec.partition(":")
-    return {"text": rest} if kind == "text" else {"hf_dataset": rest} if kind == "hf" else {}
-
-
 @app.command()
 @_friendly
 def train(
@@ -88,7 +83,7 @@ def train(
     quiet: bool = typer.Option(False, help="No progress bar."),
 ):
     """Train a transformer on the embedded corpus (or your text) and save checkpoints to --out."""
-    from circuitlab.data import load_corpus, prepare_tokens
+    from circuitlab.data import corpus_kwargs, load_corpus, prepare_tokens
     from circuitlab.model import ModelConfig, get_preset
     from circuitlab.training import Run, TrainConfig
     from circuitlab.training import train as run_training
@@ -115,7 +110,7 @@ def train(
         if max_steps is None and max_tokens is not None:
             saved_train["max_steps"] = 0
         train_cfg = TrainConfig.from_dict(saved_train | {k: v for k, v in train_flags.items() if k in RESUMABLE_OVERRIDES})
-        corpus_flags = {"text": text, "hf_dataset": hf_dataset} if (text or hf_dataset) else _corpus_flags(run.data.get("corpus", "stdlib"))
+        corpus_flags = {"text": text, "hf_dataset": hf_dataset} if (text or hf_dataset) else corpus_kwargs(run.data.get("corpus", "stdlib"))
     else:
         p = get_preset(preset)
         model_cfg = ModelConfig(**(p.model | model_flags))
@@ -170,6 +165,63 @@ def info(run_dir: Path = typer.Argument(..., help="A run directory written by `c
     steps = run.checkpoints
     shown = ", ".join(map(str, steps)) if len(steps) <= 24 else ", ".join(map(str, steps[:12])) + ", ..., " + ", ".join(map(str, steps[-6:]))
     console.print(f"[bold]Checkpoints[/] ({len(steps)}): {shown}", highlight=False)
+
+
+@app.command()
+@_friendly
+def analyze(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `circuitlab train`."),
+    step: Optional[int] = typer.Option(None, help="Checkpoint step (default: the latest)."),
+):
+    """Read the model's circuits from its weights and attention: writes RUN/analysis.json and prints tables."""
+    import json
+
+    from circuitlab.circuits.summary import analyze_model
+    from circuitlab.training import Run
+    from circuitlab.training.checkpoints import atomic_write_text
+
+    run = Run.open(run_dir)
+    model = run.model(step)
+    step = step if step is not None else run.checkpoints[-1]
+    data = run.tokens()
+    decode = lambda t: data.tokenizer.decode([t])  # noqa: E731
+    result = {"run": str(run_dir), "step": step, **analyze_model(model, data.train, data.val, decode=decode)}
+    out = Path(run_dir) / ("analysis.json" if step == run.checkpoints[-1] else f"analysis-step{step}.json")
+    atomic_write_text(out, json.dumps(result, indent=2))
+    _print_analysis(result)
+    console.print(f"wrote {out}")
+
+
+def _print_analysis(r: dict) -> None:
+    b = r["bigram_agreement"]
+    console.print(f"[bold]Direct path W_E W_U vs corpus bigrams[/] ({b['n_prev_tokens']} previous tokens seen >= 100 times): "
+                  f"r = {b['correlation']:.3f} over {b['n_bigrams_compared']:,} bigrams, mean KL {b['mean_kl']:.3f} nats, "
+                  f"top-1 {b['top1']:.1%}, top-5 {b['top5']:.1%}", highlight=False)
+    t = Table(title="Strongest bigrams in the weights", title_justify="left")
+    for c in ("prev", "next", "model P", "corpus P", "corpus count"):
+        t.add_column(c)
+    for s in b["strongest"][:10]:
+        t.add_row(repr(s["prev"]), repr(s["next"]), f"{s['model_prob']:.3f}", f"{s['corpus_prob']:.3f}", f"{s['corpus_count']:,}")
+    console.print(t)
+    if "heads" not in r:
+        return
+    t = Table(title="Heads", title_justify="left")
+    for c in ("head", "OV copying", "QK copying", "prev-token", "induction", "prefix match", "duplicate", "roles"):
+        t.add_column(c)
+    for h in r["heads"]:
+        t.add_row(h["head"], *(f"{h[k]:+.2f}" if "copying" in k else f"{h[k]:.2f}" for k in
+                  ("ov_copying", "qk_copying", "previous_token", "induction", "prefix_matching", "duplicate_token")),
+                  ", ".join(h["roles"]))
+    console.print(t)
+    c = r["copying_heads"]
+    console.print(f"copying heads (OV copying statistic > {c['threshold']}): {c['count']} of {c['of']}")
+    if "composition" in r:
+        comp = r["composition"]
+        for mode in ("k", "q", "v"):
+            top = ", ".join(f"{x['from']}->{x['to']} {x['score']:.3f}" for x in comp[mode][:5])
+            console.print(f"{mode.upper()}-composition, top (random baseline {comp['random_baseline']:.3f} subtracted): {top}")
+        for m in r["induction_mechanism"]:
+            console.print(f"induction head {m['induction_head']} K-composes most with {m['k_composes_with']} ({m['k_composition']:.3f})")
 
 
 def _fmt(x, spec: str = ".4f") -> str:

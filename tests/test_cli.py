@@ -72,3 +72,21 @@ def test_metrics_file_is_jsonl(small_corpus_dir, tmp_path):
     assert r.exit_code == 0, r.output
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [0, 3]
+
+
+def test_analyze_writes_analysis_json(small_corpus_dir, tmp_path):
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["train", "--text", str(small_corpus_dir), "--out", str(out), "--max-steps", "4",
+                            *[a if a != "1" else "2" for a in TINY[:2]], *TINY[2:]])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["analyze", str(out)])
+    assert r.exit_code == 0, r.output
+    result = json.loads((out / "analysis.json").read_text())
+    assert result["step"] == 4 and result["model"]["n_layers"] == 2
+    assert len(result["heads"]) == 8 and {"ov_copying", "induction", "prefix_matching", "roles"} <= set(result["heads"][0])
+    assert -1 <= result["heads"][0]["ov_copying"] <= 1
+    assert "k" in result["composition"] and "correlation" in result["bigram_agreement"]
+    assert "Heads" in r.output and "K-composition" in r.output
+    r = runner.invoke(app, ["analyze", str(out), "--step", "0"])
+    assert r.exit_code == 0 and (out / "analysis-step0.json").exists()
+    assert "no checkpoint at step 99" in error_line(runner.invoke(app, ["analyze", str(out), "--step", "99"]))

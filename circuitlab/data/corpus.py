@@ -136,6 +136,12 @@ def hf_corpus(spec: str, text_column: str = "text") -> Corpus:
     return Corpus(f"hf:{spec}", docs, [], fp)
 
 
+def corpus_kwargs(spec: str) -> dict:
+    """The load_corpus arguments that rebuild a corpus from its recorded spec ('stdlib', 'text:GLOB', 'hf:NAME')."""
+    kind, _, rest = spec.partition(":")
+    return {"text": rest} if kind == "text" else {"hf_dataset": rest} if kind == "hf" else {}
+
+
 def load_corpus(corpus: str = "stdlib", text: str | None = None, hf_dataset: str | None = None) -> Corpus:
     if text and hf_dataset:
         raise CircuitlabError("give either --text or --hf-dataset, not both")

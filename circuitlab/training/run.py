@@ -71,6 +71,16 @@ class Run:
     def total_steps(self) -> int:
         return self.train_config.total_steps(self.config.n_ctx)
 
+    def tokens(self):
+        """The run's tokenized corpus (TokenData: .train, .val), from the token cache, re-tokenized if it is gone."""
+        from circuitlab.data import corpus_kwargs, load_corpus, prepare_tokens
+
+        spec = self.data.get("corpus", "stdlib")
+        data = prepare_tokens(load_corpus(**corpus_kwargs(spec)), self.config.d_vocab, self.train_config.heldout_fraction)
+        if self.tokenizer is not None and data.tokenizer.to_str() != self.tokenizer.to_str():
+            raise CircuitlabError(f"the corpus {spec!r} has changed since run {self.path} was trained: its tokens cannot be rebuilt")
+        return data
+
     def model(self, step: int | None = None, device: str = "cpu") -> Transformer:
         """The model at `step` (a saved checkpoint), the latest by default."""
         steps = self.checkpoints
