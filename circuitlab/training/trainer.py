@@ -24,7 +24,7 @@ from circuitlab.data.tokens import BOS_ID, TokenData
 from circuitlab.errors import CircuitlabError
 from circuitlab.model import ModelConfig, Transformer
 from circuitlab.training.checkpoints import (
-    atomic_write_text, checkpoint_path, list_checkpoints, load_checkpoint, load_optimizer, optimizer_step,
+    atomic_write_text, checkpoint_path, load_checkpoint, load_optimizer, optimizer_step,
     save_checkpoint, save_optimizer,
 )
 from circuitlab.training.config import TrainConfig
