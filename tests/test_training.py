@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import circuitlab
+from circuitlab.data import prepare_tokens, text_corpus
 from circuitlab.data.tokens import BOS_ID
 from circuitlab.errors import CircuitlabError
 from circuitlab.model import ModelConfig
@@ -111,6 +112,12 @@ def test_existing_run_is_not_overwritten(tiny_data, tiny_cfg, tmp_path):
         train(tiny_cfg, tcfg(max_steps=4), tiny_data, out, progress=False)
     with pytest.raises(CircuitlabError, match="model config differs"):
         train(replace(tiny_cfg, d_model=64), tcfg(max_steps=8), tiny_data, out, resume=True, progress=False)
+    (tmp_path / "other").mkdir()
+    for i in range(3):
+        (tmp_path / "other" / f"{i}.txt").write_text(" ".join(f"word{j * i}" for j in range(3000)))
+    other = prepare_tokens(text_corpus(str(tmp_path / "other")), 320, cache=tmp_path / "c")
+    with pytest.raises(CircuitlabError, match="corpus or tokenizer changed"):
+        train(tiny_cfg, tcfg(max_steps=8), other, out, resume=True, progress=False)
     assert {p.name: digest(p) for p in out.rglob("*") if p.is_file()} == before
 
 

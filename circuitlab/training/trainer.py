@@ -109,6 +109,8 @@ def _start(out: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, data: Toke
         if saved.config != model_cfg:
             diff = {k: (v, model_cfg.to_dict()[k]) for k, v in saved.config.to_dict().items() if model_cfg.to_dict()[k] != v}
             raise CircuitlabError(f"cannot resume {out}: its model config differs ({diff}); drop those flags or use another --out")
+        if saved.tokenizer is not None and saved.tokenizer.to_str() != data.tokenizer.to_str():
+            raise CircuitlabError(f"cannot resume {out}: the corpus or tokenizer changed since it was trained; use the same corpus or another --out")
     else:
         if out.exists() and any(out.iterdir()):
             raise CircuitlabError(f"{out} exists and is not empty but holds no run: choose an empty or new --out")
