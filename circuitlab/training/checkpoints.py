@@ -81,7 +81,7 @@ def load_checkpoint(path: Path, cfg: ModelConfig, device: str | torch.device = "
     try:
         model.load_state_dict(tensors)
     except RuntimeError as e:
-        raise CircuitlabError(f"checkpoint {path} does not fit the model config ({str(e).splitlines()[1].strip()}): use the run it came from") from None
+        raise CircuitlabError(f"checkpoint {path} does not fit the model config ({str(e).strip().splitlines()[-1].strip()}): use the run it came from") from None
     return model.to(device), {"step": int(meta.get("step", -1)), "tokens": int(meta.get("tokens", -1))}
 
 

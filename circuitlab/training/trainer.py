@@ -70,10 +70,9 @@ def eval_windows(data: TokenData, cfg: TrainConfig, n_ctx: int) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model: Transformer, windows: torch.Tensor, batch_size: int = 32) -> float:
-    losses = [model(windows[i : i + batch_size].to(model.device), return_type="loss").item()
-              for i in range(0, len(windows), batch_size)]
-    sizes = [len(windows[i : i + batch_size]) for i in range(0, len(windows), batch_size)]
-    return float(np.average(losses, weights=sizes))
+    chunks = windows.split(batch_size)
+    losses = [model(c.to(model.device), return_type="loss").item() for c in chunks]
+    return float(np.average(losses, weights=[len(c) for c in chunks]))
 
 
 def check_data(data: TokenData, n_ctx: int) -> None:
@@ -107,7 +106,8 @@ def _start(out: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, data: Toke
     if exists:
         saved = Run.open(out)
         if saved.config != model_cfg:
-            diff = {k: (v, model_cfg.to_dict()[k]) for k, v in saved.config.to_dict().items() if model_cfg.to_dict()[k] != v}
+            asked = model_cfg.to_dict()
+            diff = {k: (v, asked[k]) for k, v in saved.config.to_dict().items() if asked[k] != v}
             raise CircuitlabError(f"cannot resume {out}: its model config differs ({diff}); drop those flags or use another --out")
         if saved.tokenizer is not None and saved.tokenizer.to_str() != data.tokenizer.to_str():
             raise CircuitlabError(f"cannot resume {out}: the corpus or tokenizer changed since it was trained; use the same corpus or another --out")
