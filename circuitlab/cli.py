@@ -206,22 +206,68 @@ def _print_analysis(r: dict) -> None:
     if "heads" not in r:
         return
     t = Table(title="Heads", title_justify="left")
-    for c in ("head", "OV copying", "QK copying", "prev-token", "induction", "prefix match", "duplicate", "roles"):
+    for c in ("head", "OV copy", "QK copy", "prev", "induct", "prefix", "dup", "pos", "by", "OV top1", "roles"):
         t.add_column(c)
     for h in r["heads"]:
-        t.add_row(h["head"], *(f"{h[k]:+.2f}" if "copying" in k else f"{h[k]:.2f}" for k in
-                  ("ov_copying", "qk_copying", "previous_token", "induction", "prefix_matching", "duplicate_token")),
+        t.add_row(h["head"], *(f"{h[k]:+.2f}" if "copying" in k else _fmt(h[k], ".2f") for k in
+                  ("ov_copying", "qk_copying", "previous_token", "induction", "prefix_matching", "duplicate_token",
+                   "positional_share")), h["attention_driver"] or "-", f"{h['ov_top1_diagonal']:.0%}",
                   ", ".join(h["roles"]))
     console.print(t)
     c = r["copying_heads"]
     console.print(f"copying heads (OV copying statistic > {c['threshold']}): {c['count']} of {c['of']}")
+    hist = c["ov_histogram"]
+    console.print("OV copying statistic histogram: " + "  ".join(
+        f"[{lo:+.1f},{hi:+.1f}) {n}" for lo, hi, n in zip(hist["edges"], hist["edges"][1:], hist["counts"]) if n))
+    _print_skip_trigrams(r)
     if "composition" in r:
         comp = r["composition"]
         for mode in ("k", "q", "v"):
             top = ", ".join(f"{x['from']}->{x['to']} {x['score']:.3f}" for x in comp[mode][:5])
             console.print(f"{mode.upper()}-composition, top (random baseline {comp['random_baseline']:.3f} subtracted): {top}")
         for m in r["induction_mechanism"]:
-            console.print(f"induction head {m['induction_head']} K-composes most with {m['k_composes_with']} ({m['k_composition']:.3f})")
+            console.print(
+                f"induction head {m['induction_head']}: {m['k_composition_share']:.0%} of its score margin on the target "
+                f"token comes from {m['k_composes_with']}'s output (K-composition score {m['k_composition_with_share_head']:.3f}); "
+                f"embedding {m['shares']['embedding']:.0%}, position {m['shares']['position']:.0%}", highlight=False)
+        if "induction_heads_ov_top1_diagonal" in r:
+            console.print(f"induction heads combined: OV top-1 diagonal {r['induction_heads_ov_top1_diagonal']:.1%}")
+    if "term_importance" in r:
+        ti = r["term_importance"]
+        names = ["direct path (vs uniform)", "individual heads", "virtual heads"]
+        console.print("term importance (frozen patterns, held-out text): " + ", ".join(
+            f"{names[k] if k < 3 else f'order {k}'} {v:+.2f}" for k, v in enumerate(ti["improvement"]))
+            + f" nats; order 1 by layer: {', '.join(f'{v:+.2f}' for v in ti['order_1_by_layer'])}", highlight=False)
+    console.print("analysis took " + ", ".join(f"{k} {v:.1f}s" for k, v in r["seconds"].items()), highlight=False)
+
+
+def _print_skip_trigrams(r: dict, heads: int = 4, rows: int = 4) -> None:
+    copying = {h["head"]: h["ov_copying"] for h in r["heads"]}
+    tables = sorted(r["skip_trigrams"], key=lambda t: -copying[t["head"]])[:heads]
+    t = Table(title="Skip-trigrams of layer-0 heads: \\[source] ... \\[destination] -> \\[out]", title_justify="left")
+    for c in ("head", "source", "destinations (QK)", "outs (OV)"):
+        t.add_column(c)
+    for table in tables:
+        for row in table["rows"][:rows]:
+            t.add_row(table["head"], repr(row["source"]), " ".join(map(repr, row["destinations"][:4])),
+                      " ".join(map(repr, row["outs"][:4])))
+    console.print(t)
+    if r["skip_trigram_bugs"]:
+        t = Table(title="Skip-trigram bugs (two trigrams in the corpus imply a third it never has)", title_justify="left")
+        for c in ("head", "trigram 1 (count)", "trigram 2 (count)", "bug: also raised (count)"):
+            t.add_column(c)
+        for b in r["skip_trigram_bugs"][:6]:
+            tri = lambda x: f"{b['source']!r} ... {x['dest']!r} -> {x['out']!r} ({x['count']})"  # noqa: E731
+            t.add_row(b["head"], tri(b["intended"][0]), tri(b["intended"][1]), tri(b["bug"]))
+        console.print(t)
+    for kind, c in r["softmax_competition"].items():
+        if c:
+            console.print(
+                f"softmax competition ({kind.replace('_', '-')}, head {c['head']}): {c['source']!r} ... {c['destination']!r} "
+                f"-> {c['out']!r} raises it by {c['effect_source_alone']:.2f}; adding {c['thief']!r} (own effect "
+                f"{c['effect_thief_alone']:+.2f}) takes attention {c['attention_to_source_alone']:.2f} -> "
+                f"{c['attention_to_source_with_thief']:.2f}: skip-trigram table predicts {c['skip_trigram_prediction']:.2f}, "
+                f"actual {c['actual_effect_with_both']:.2f} (gap {c['gap']:.2f} logits)", highlight=False)
 
 
 def _fmt(x, spec: str = ".4f") -> str:

@@ -94,3 +94,23 @@ def induction_model(V: int = 200, n_ctx: int = 48, n_heads: int = 2) -> Transfor
         a.W_V[1, :V, :V] = torch.eye(V)
         a.W_O[1, :V, :V] = 20 * torch.eye(V)  # copy the attended token, with confident logits
     return m
+
+
+def virtual_head_model(V: int = 20, n_ctx: int = 24) -> Transformer:
+    """2 layers, 1 head each, whose answer is a virtual head (V-composition): 0.0 is a previous-token head writing
+    the previous token into dims [V, 2V); 1.0 attends to its own position and its OV reads those dims into the
+    logits. Together they predict 'next token = the token before the current one' (period-2 sequences), a path
+    through both heads (order 2), while each head alone reads nothing useful from the embeddings."""
+    m = _blank(2, V, n_ctx, n_heads=1, d_head=max(V, n_ctx))
+    with torch.no_grad():
+        _plant_previous_token_head(m, 0, 0, V, n_ctx)
+        a = m.blocks[1].attn
+        a.W_Q[0].zero_(), a.W_K[0].zero_(), a.W_V[0].zero_(), a.W_O[0].zero_()
+        for p in range(n_ctx):
+            a.W_Q[0, 2 * V + p, p] = SHARP
+            a.W_K[0, 2 * V + p, p] = 1.0
+        a.W_V[0, V : 2 * V, :V] = torch.eye(V)
+        a.W_O[0, :V, 2 * V : 3 * V] = 20 * torch.eye(V)  # into residual dims the shortformer positions leave free
+        m.W_U.zero_()  # no direct path: the logits read only what 1.0 writes
+        m.W_U[2 * V : 3 * V] = torch.eye(V)
+    return m

@@ -86,7 +86,12 @@ def test_analyze_writes_analysis_json(small_corpus_dir, tmp_path):
     assert len(result["heads"]) == 8 and {"ov_copying", "induction", "prefix_matching", "roles"} <= set(result["heads"][0])
     assert -1 <= result["heads"][0]["ov_copying"] <= 1
     assert "k" in result["composition"] and "correlation" in result["bigram_agreement"]
-    assert "Heads" in r.output and "K-composition" in r.output
+    assert {"positional_share", "attention_driver", "ov_top1_diagonal"} <= set(result["heads"][0])
+    assert len(result["skip_trigrams"]) == 4 and result["skip_trigrams"][0]["rows"]
+    ti = result["term_importance"]
+    assert len(ti["improvement"]) == 3 and abs(ti["cumulative_loss"][-1] - ti["model_loss"]) < 1e-3
+    assert result["softmax_competition"]["hand_built"]["gap"] > 3
+    assert "Heads" in r.output and "K-composition" in r.output and "term importance" in r.output
     r = runner.invoke(app, ["analyze", str(out), "--step", "0"])
     assert r.exit_code == 0 and (out / "analysis-step0.json").exists()
     assert "no checkpoint at step 99" in error_line(runner.invoke(app, ["analyze", str(out), "--step", "99"]))

@@ -47,3 +47,48 @@ def copying_statistic(circuit: FactoredMatrix) -> torch.Tensor:
     """
     lam = circuit.eigenvalues
     return lam.sum(-1).real / lam.abs().sum(-1).clamp_min(1e-30)
+
+
+def _rows(A: torch.Tensor, B: torch.Tensor, chunk: int):
+    """Yield (row_start, A[rows] @ B) over row chunks of a 2-D product, never holding the whole matrix."""
+    for start in range(0, A.shape[0], chunk):
+        yield start, A[start : start + chunk] @ B
+
+
+@torch.no_grad()
+def top_entries(circuit: FactoredMatrix, k: int = 20, rows: torch.Tensor | None = None,
+                cols: torch.Tensor | None = None, chunk: int = 256) -> list[tuple[int, int, float]]:
+    """The k largest entries (row, col, value) of a 2-D factored [n, m] circuit, computed chunk by chunk over rows
+    (memory chunk x m, never n x m). rows / cols restrict the search to given indices (e.g. common tokens)."""
+    A, B = circuit.A, circuit.B
+    if A.dim() != 2:
+        raise ValueError(f"top_entries takes one head's 2-D circuit, got shape {tuple(circuit.shape)}")
+    rows = torch.arange(A.shape[0]) if rows is None else rows
+    cols = torch.arange(B.shape[1]) if cols is None else cols
+    A, B = A[rows], B[:, cols]
+    best_v, best_i = torch.empty(0), torch.empty(0, dtype=torch.long)
+    for start, block in _rows(A, B, chunk):
+        v, i = block.flatten().topk(min(k, block.numel()))
+        best_v = torch.cat([best_v, v.float().cpu()])
+        best_i = torch.cat([best_i, i.cpu() + start * B.shape[1]])
+        keep = best_v.topk(min(k, len(best_v))).indices
+        best_v, best_i = best_v[keep], best_i[keep]
+    order = best_v.argsort(descending=True)
+    return [(int(rows[i // B.shape[1]]), int(cols[i % B.shape[1]]), float(v))
+            for v, i in zip(best_v[order], best_i[order])]
+
+
+@torch.no_grad()
+def top1_diagonal_accuracy(circuit: FactoredMatrix, tokens: torch.Tensor | None = None, chunk: int = 256) -> torch.Tensor:
+    """Share of tokens t whose row of a square [.., d_vocab, d_vocab] circuit (e.g. the full OV circuit
+    W_E W_OV W_U) is largest on its own diagonal entry: the head's output raises the attended token above every
+    other token. Chunked over rows; `tokens` restricts both rows and columns. Returns one value per leading index."""
+    A, B = circuit.A, circuit.B
+    idx = torch.arange(A.shape[-2]) if tokens is None else tokens
+    A, B = A[..., idx, :], B[..., :, idx]
+    hits = torch.zeros(A.shape[:-2])
+    for start in range(0, A.shape[-2], chunk):
+        block = A[..., start : start + chunk, :] @ B  # [..., chunk, n]
+        own = torch.arange(start, start + block.shape[-2])
+        hits += (block.argmax(-1) == own).float().sum(-1).cpu()
+    return hits / len(idx)
