@@ -270,6 +270,57 @@ def _print_skip_trigrams(r: dict, heads: int = 4, rows: int = 4) -> None:
                 f"actual {c['actual_effect_with_both']:.2f} (gap {c['gap']:.2f} logits)", highlight=False)
 
 
+experiment_app = typer.Typer(no_args_is_help=True, help="Reproduce a paper's experiment and check its claims.")
+app.add_typer(experiment_app, name="experiment")
+
+
+@experiment_app.command("grokking")
+@_friendly
+def experiment_grokking(
+    out: Path = typer.Option(Path("runs/grokking"), help="Experiment directory (its run is resumed or reused)."),
+    preset: str = typer.Option("paper", help="'paper' (every value as in Nanda et al. 2023) or 'quick' (fewer epochs)."),
+    p: Optional[int] = typer.Option(None, help="Prime modulus (paper: 113)."),
+    frac: Optional[float] = typer.Option(None, help="Training fraction of all p^2 pairs (paper: 0.3)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the split and the init (paper: 0)."),
+    epochs: Optional[int] = typer.Option(None, help="Full-batch epochs (paper: 40,000)."),
+    lr: Optional[float] = typer.Option(None, help="AdamW learning rate (paper: 1e-3)."),
+    weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay (paper: 1.0)."),
+    d_model: Optional[int] = typer.Option(None), n_heads: Optional[int] = typer.Option(None),
+    d_head: Optional[int] = typer.Option(None), d_mlp: Optional[int] = typer.Option(None),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Epochs between checkpoints (paper: 100)."),
+    log_every: Optional[int] = typer.Option(None, help="Epochs between train/test loss rows."),
+    device: Optional[str] = typer.Option(None),
+):
+    """Grokking modular addition (Nanda et al. 2023): train, find the Fourier algorithm, track the progress
+    measures, detect the phases, ablate frequencies; writes OUT/results.json with the claims."""
+    from circuitlab.experiments.grokking import PRESETS, run_grokking_experiment
+    from circuitlab.training.grokking import GrokConfig
+
+    if preset not in PRESETS:
+        raise CircuitlabError(f"unknown grokking preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    given = {k: v for k, v in dict(p=p, frac=frac, seed=seed, epochs=epochs, lr=lr, weight_decay=weight_decay,
+                                   d_model=d_model, n_heads=n_heads, d_head=d_head, d_mlp=d_mlp,
+                                   checkpoint_every=checkpoint_every, log_every=log_every, device=device).items()
+             if v is not None}
+    cfg = GrokConfig(**{**PRESETS[preset], **given})
+    r = run_grokking_experiment(cfg, out, preset=preset)
+    console.print(f"key frequencies {r['key_frequencies']} (paper, seed 0: [14, 35, 41, 42, 52]); phases "
+                  f"{r['phases']} (paper: 1400 / 9400 / 14000)", highlight=False)
+    _print_claims(r["claims"])
+    console.print(f"wrote {Path(out) / 'results.json'}")
+
+
+def _print_claims(claims: list[dict]) -> None:
+    t = Table(title="Claims", title_justify="left")
+    for c in ("claim", "expected", "measured", "verdict"):
+        t.add_column(c)
+    colour = {"reproduced": "green", "not reproduced": "red"}
+    for c in claims:
+        t.add_row(c["claim"], c["expected"], c["measured"],
+                  f"[{colour.get(c['verdict'], 'yellow')}]{c['verdict']}[/]")
+    console.print(t)
+
+
 def _fmt(x, spec: str = ".4f") -> str:
     return "-" if x is None else format(x, spec)
 

@@ -1,0 +1,78 @@
+"""Copying statistic: low-rank eigenvalues (d_head x d_head) vs a dense vocab x vocab eigendecomposition.
+
+Elhage et al. 2021: the non-zero eigenvalues of W_E W_V W_O W_U equal those of W_O W_U W_E W_V (cycle the product),
+so sum(lambda) / sum(|lambda|) needs a d_head x d_head eigendecomposition per head instead of a d_vocab x d_vocab
+one. This times both on every head of a model (a trained run, or random weights of a preset's shape), checks they
+agree, and times the whole `analyze_model` on the run if one is given. Writes JSON to benchmarks/results/.
+
+    .venv/bin/python benchmarks/copying_eigen.py [--run runs/RUN | --preset attn2] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from circuitlab.circuits import copying_statistic, ov_circuit, qk_circuit
+from circuitlab.model import ModelConfig, Transformer, get_preset
+
+
+def dense_copying(fm) -> torch.Tensor:
+    M = fm.AB  # [n_layers, n_heads, d_vocab, d_vocab], materialised
+    lam = torch.linalg.eigvals(M)
+    return lam.sum(-1).real / lam.abs().sum(-1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", help="a trained run directory (default: random weights of --preset)")
+    ap.add_argument("--preset", default="attn2")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+    run = None
+    if args.run:
+        import circuitlab
+
+        run = circuitlab.load_run(args.run)
+        model = run.model()
+    else:
+        model = Transformer(ModelConfig(**get_preset(args.preset).model))
+    cfg = model.cfg
+    result = {"model": args.run or args.preset, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
+              "d_vocab": cfg.d_vocab, "d_head": cfg.d_head, "machine": platform.processor() or platform.machine(),
+              "threads": torch.get_num_threads()}
+    for name, circuit in (("ov", ov_circuit(model)), ("qk", qk_circuit(model))):
+        t0 = time.perf_counter()
+        low = copying_statistic(circuit)
+        t_low = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        dense = dense_copying(circuit)
+        t_dense = time.perf_counter() - t0
+        result[name] = {"low_rank_s": t_low, "dense_s": t_dense, "speedup": t_dense / t_low,
+                        "max_abs_difference": float((low - dense).abs().max())}
+        print(f"{name.upper()} copying statistic, {cfg.n_layers * cfg.n_heads} heads, vocab {cfg.d_vocab}: low-rank "
+              f"{t_low * 1e3:.1f} ms, dense {t_dense:.1f} s -> {t_dense / t_low:,.0f}x faster; "
+              f"max |difference| {result[name]['max_abs_difference']:.1e}")
+    if run is not None:
+        from circuitlab.circuits.summary import analyze_model
+
+        data = run.tokens()
+        t0 = time.perf_counter()
+        analysis = analyze_model(model, data.train, data.val, decode=lambda t: data.tokenizer.decode([t]))
+        result["analyze_model_s"] = time.perf_counter() - t0
+        result["analyze_model_parts_s"] = analysis["seconds"]
+        print(f"whole analyze_model on {args.run}: {result['analyze_model_s']:.1f} s")
+    out = Path(args.out or f"benchmarks/results/copying_eigen-{Path(args.run).name if args.run else args.preset}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

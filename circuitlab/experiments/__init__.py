@@ -1,0 +1,1 @@
+"""Experiments: train, measure and check the papers' claims."""

@@ -1,0 +1,1 @@
+"""Grokking analyses (Nanda et al. 2023): the Fourier basis and algorithm, progress measures, ablations."""

@@ -1,0 +1,148 @@
+"""Grokking: task data, the fast last-position step, the Fourier analyses on planted weights, the experiment."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from circuitlab.data.modular import modular_addition
+from circuitlab.errors import CircuitlabError
+from circuitlab.grokking.fourier import (
+    embedding_fourier_norms, fourier_basis, frequency_norms, key_frequencies_from_neurons, logit_fit,
+    neuron_activations, neuron_frequency_fractions, sum_of_cosines_basis,
+)
+from circuitlab.grokking.measures import (
+    cross_entropy, detect_phases, excluded_logits, frequency_ablation, gini, restricted_logits,
+)
+from circuitlab.model import Transformer
+from circuitlab.training.grokking import GrokConfig, GrokRun, last_position_logits, train_grokking
+
+
+def test_task_split_is_seeded_and_matches_the_paper():
+    d = modular_addition(113, 0.3, seed=0)
+    assert len(d.train) == 3830 and len(d.test) == 8939
+    assert torch.equal(d.train, modular_addition(113, 0.3, seed=0).train)
+    assert not torch.equal(d.train, modular_addition(113, 0.3, seed=1).train)
+    assert set(d.train.tolist()).isdisjoint(d.test.tolist())
+    a, b, eq = d.tokens[500]
+    assert eq == 113 and d.labels[500] == (a + b) % 113
+    with pytest.raises(CircuitlabError, match="prime"):
+        modular_addition(100)
+
+
+def test_fourier_basis_is_orthonormal():
+    for p in (7, 113):
+        F = fourier_basis(p)
+        torch.testing.assert_close(F @ F.T, torch.eye(p), atol=1e-5, rtol=0)
+
+
+def test_last_position_logits_equal_the_full_model_and_its_gradients():
+    cfg = GrokConfig(p=13, d_model=16, n_heads=2, d_head=8, d_mlp=32)
+    m = Transformer(cfg.model_config())
+    d = modular_addition(13, 0.5)
+    x = d.tokens[d.train]
+    torch.testing.assert_close(last_position_logits(m, x), m(x)[:, -1], rtol=1e-5, atol=1e-5)
+    last_position_logits(m, x).square().sum().backward()
+    fast = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    m(x)[:, -1].square().sum().backward()
+    for n, p in m.named_parameters():
+        torch.testing.assert_close(fast[n], p.grad, rtol=1e-4, atol=1e-5, msg=n)
+
+
+def planted_fourier_model(p: int = 13, ks=(2, 5)) -> Transformer:
+    """Embedding = cos/sin(w_k x) for the chosen k; uniform attention; each neuron linear in one feature (bias 10
+    keeps the ReLU on), so every neuron is explained by exactly one planted frequency."""
+    D = 2 * len(ks)
+    cfg = GrokConfig(p=p, d_model=D, n_heads=1, d_head=D, d_mlp=D)
+    m = Transformer(cfg.model_config())
+    x = torch.arange(p).double()
+    with torch.no_grad():
+        m.W_E.zero_(), m.W_pos.zero_()
+        for i, k in enumerate(ks):
+            m.W_E[:p, 2 * i] = torch.cos(2 * math.pi * k * x / p).float()
+            m.W_E[:p, 2 * i + 1] = torch.sin(2 * math.pi * k * x / p).float()
+        a = m.blocks[0].attn
+        a.W_Q.zero_(), a.W_K.zero_()
+        a.W_V[0] = torch.eye(D)
+        a.W_O[0] = torch.eye(D)
+        mlp = m.blocks[0].mlp
+        mlp.W_in.copy_(torch.eye(D)), mlp.b_in.fill_(10.0)
+    return m
+
+
+def test_planted_frequencies_are_found():
+    p, ks = 13, [2, 5]
+    m = planted_fourier_model(p, ks)
+    freq_norms = frequency_norms(embedding_fourier_norms(m, p))
+    assert set((freq_norms > 1e-3).nonzero()[:, 0].add(1).tolist()) == set(ks)
+    fractions = neuron_frequency_fractions(neuron_activations(m, p), p)
+    assert key_frequencies_from_neurons(fractions) == ks
+    assert torch.allclose(fractions.max(1).values, torch.ones(fractions.shape[0]), atol=1e-4)
+    assert gini(freq_norms) > 0.6 and gini(torch.ones(6)) == pytest.approx(0.0)
+
+
+def test_restricted_loss_of_a_sum_of_cosines_equals_the_full_loss():
+    p, ks = 13, [3, 4]
+    logits = sum(2.0 * sum_of_cosines_basis(p, k) for k in ks) + torch.randn(1, p)  # plus a per-c constant
+    full = cross_entropy(logits, p)
+    assert cross_entropy(restricted_logits(logits, p, ks), p) == pytest.approx(full, rel=1e-4)
+    assert cross_entropy(excluded_logits(logits, p, ks), p) > full + 0.5  # removing them leaves only the constant
+    alphas, fve = logit_fit(logits, p, ks)
+    assert fve == pytest.approx(1.0, abs=1e-5) and alphas[3] == pytest.approx(2.0, rel=1e-4)
+    _, fve_wrong = logit_fit(logits, p, [1])
+    assert fve_wrong < 0.01
+
+
+def test_frequency_ablation_on_the_planted_model():
+    p, ks = 13, [2, 5]
+    m = planted_fourier_model(p, ks)
+    a = frequency_ablation(m, p, ks)
+    assert a.only_key_frequencies == pytest.approx(a.full_loss, rel=1e-4)  # nothing else there to remove
+    other = frequency_ablation(m, p, [1])  # removing an unused frequency changes nothing
+    assert other.without_key_frequencies == pytest.approx(other.full_loss, rel=1e-4)
+
+
+def test_detect_phases():
+    rows = [{"epoch": e, "train_acc": min(1, e / 100), "test_acc": 0.0 if e < 900 else 1.0,
+             "test_loss": 10 + e / 100 if e < 600 else 0.01} for e in range(0, 1001, 10)]
+    ph = detect_phases(rows)
+    assert (ph.memorised, ph.cleanup, ph.grokked) == (100, 600, 900)
+
+
+def test_grokking_training_resumes_exactly(tmp_path):
+    cfg = GrokConfig(p=13, frac=0.5, d_model=16, n_heads=2, d_head=8, d_mlp=32, epochs=40, checkpoint_every=20,
+                     log_every=10)
+    a = train_grokking(cfg, tmp_path / "a", progress=False)
+    b = train_grokking(GrokConfig(**{**cfg.to_dict(), "epochs": 20}), tmp_path / "b", progress=False)
+    b = train_grokking(cfg, tmp_path / "b", resume=True, progress=False)
+    assert b.checkpoints == a.checkpoints == [0, 20, 40]
+    for (n, x), (_, y) in zip(a.model().state_dict().items(), b.model().state_dict().items()):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-6, msg=n)
+    assert [r["epoch"] for r in b.metrics] == [10, 20, 30, 40]
+    with pytest.raises(CircuitlabError, match="already holds"):
+        train_grokking(cfg, tmp_path / "a", progress=False)
+    with pytest.raises(CircuitlabError, match="different settings"):
+        train_grokking(GrokConfig(**{**cfg.to_dict(), "lr": 0.01}), tmp_path / "a", resume=True, progress=False)
+
+
+def test_grokking_experiment_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from circuitlab.cli import app
+
+    out = tmp_path / "g"
+    args = ["experiment", "grokking", "--out", str(out), "--p", "17", "--frac", "0.5", "--epochs", "300",
+            "--d-model", "32", "--n-heads", "2", "--d-head", "16", "--d-mlp", "64", "--checkpoint-every", "50",
+            "--lr", "0.01"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["p"] == 17 and res["final_epoch"] == 300
+    assert len(res["progress_measures"]) == 7 and {"restricted_loss", "gini_W_E"} <= set(res["progress_measures"][0])
+    assert {c["verdict"] for c in res["claims"]} <= {"reproduced", "not reproduced", "differs"}
+    assert len(res["fourier_norms"]["W_E"]) == 17 and "Claims" in r.output
+    assert CliRunner().invoke(app, args).exit_code == 0  # a finished run is reused, not retrained
+    r = CliRunner().invoke(app, ["experiment", "grokking", "--out", str(tmp_path / "h"), "--p", "15"])
+    assert r.exit_code == 2 and "prime" in r.output
