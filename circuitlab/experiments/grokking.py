@@ -107,7 +107,7 @@ def grokking_claims(r: dict) -> list[Claim]:
                         verdict(r["share_of_neurons_explained_by_one_frequency"] >= 0.7), "grokking-fourier"))
     fve = r["logit_fit"]["fraction_of_variance_explained"]
     claims.append(Claim(PAPER, "Logits are approximately sum_k alpha_k cos(w_k (a + b - c))", "~95% of variance explained",
-                        f"{fve:.1%} of the logits' variance (centred per input), all p^2 inputs", verdict(fve >= 0.85),
+                        f"{fve:.1%} of the logits' variance (double-centred), all p^2 inputs", verdict(fve >= 0.85),
                         "grokking-fourier"))
     if m:
         first = lambda key, thr: next((x["epoch"] for x in m if x[key] < thr), None)  # noqa: E731

@@ -84,10 +84,12 @@ def last_position_logits(model: Transformer, tokens: Tensor) -> Tensor:
     B, T = tokens.shape
     H, E = cfg.n_heads, cfg.d_head
     resid_in = model.W_E[None] + model.W_pos[:T, None]  # [T, V, D]: every (position, token) input
-    W_qkv = torch.cat([a.W_Q, a.W_K, a.W_V], dim=0).permute(1, 0, 2).reshape(cfg.d_model, 3 * H * E)
-    table = (resid_in @ W_qkv).view(T, -1, 3, H, E)  # [T, V, 3, H, E]: q, k, v of every (position, token)
-    qkv = table[torch.arange(T, device=tokens.device), tokens]  # [B, T, 3, H, E]
-    q, k, v = qkv[:, -1, 0], qkv[:, :, 1], qkv[:, :, 2]  # q [B, H, E]; k, v [B, T, H, E]
+    pos = torch.arange(T, device=tokens.device)
+    # Gather q, k, v from per-(position, token) tables. Separate tables, not slices of one gathered tensor: the
+    # backward of a slice allocates and zero-fills the whole [batch, ...] tensor, which dominated the step.
+    q = torch.einsum("vd,hde->vhe", resid_in[T - 1], a.W_Q)[tokens[:, -1]]  # [B, H, E]: the last query only
+    k = torch.einsum("tvd,hde->tvhe", resid_in, a.W_K)[pos, tokens]  # [B, T, H, E]
+    v = torch.einsum("tvd,hde->tvhe", resid_in, a.W_V)[pos, tokens]
     # tiny per-example products: elementwise beats batched matmuls of 1 x E by E x T
     pattern = ((q[:, None] * k).sum(-1) / math.sqrt(E)).softmax(1)  # [B, T, H]: the last query sees all T
     z = (pattern[..., None] * v).sum(1)  # [B, H, E]

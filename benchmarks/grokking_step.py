@@ -1,0 +1,102 @@
+"""Grokking training step: circuitlab's last-position step vs a plain reimplementation of the paper's step.
+
+The baseline follows the authors' progress-measures-paper code: the full model (einsum attention with an explicit
+causal pattern, ReLU MLP, unembedding) runs on all three positions of every training example, then the loss takes
+the last position. Both use the same weights, the same full batch (3830 pairs for p = 113) and the same AdamW, and
+are timed in alternating rounds in one process. Writes JSON to benchmarks/results/.
+
+    .venv/bin/python benchmarks/grokking_step.py [--rounds 5] [--steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from circuitlab.data.modular import modular_addition
+from circuitlab.model import Transformer
+from circuitlab.training.grokking import GrokConfig, last_position_logits, make_optimizer
+
+
+class PaperModel(nn.Module):
+    """The authors' 1-layer model, plainly: embed + pos, attention on all positions, MLP, unembed (all positions)."""
+
+    def __init__(self, ours: Transformer):
+        super().__init__()
+        a, mlp = ours.blocks[0].attn, ours.blocks[0].mlp
+        clone = lambda t: nn.Parameter(t.detach().clone())  # noqa: E731
+        self.W_E, self.W_pos, self.W_U = clone(ours.W_E), clone(ours.W_pos), clone(ours.W_U)
+        self.W_Q, self.W_K, self.W_V, self.W_O = clone(a.W_Q), clone(a.W_K), clone(a.W_V), clone(a.W_O)
+        self.W_in, self.b_in, self.W_out, self.b_out = clone(mlp.W_in), clone(mlp.b_in), clone(mlp.W_out), clone(mlp.b_out)
+        self.d_head = ours.cfg.d_head
+
+    def forward(self, tokens):
+        x = self.W_E[tokens] + self.W_pos[: tokens.shape[1]]
+        q = torch.einsum("bpd,hde->bhpe", x, self.W_Q)
+        k = torch.einsum("bpd,hde->bhpe", x, self.W_K)
+        v = torch.einsum("bpd,hde->bhpe", x, self.W_V)
+        scores = torch.einsum("bhqe,bhke->bhqk", q, k) / self.d_head ** 0.5
+        T = tokens.shape[1]
+        scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+        z = torch.einsum("bhqk,bhke->bhqe", scores.softmax(-1), v)
+        x = x + torch.einsum("bhqe,hed->bqd", z, self.W_O)
+        x = x + F.relu(x @ self.W_in + self.b_in) @ self.W_out + self.b_out
+        return x @ self.W_U
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--out", default="benchmarks/results/grokking_step.json")
+    args = ap.parse_args()
+    cfg = GrokConfig()
+    data = modular_addition(cfg.p, cfg.frac, cfg.seed)
+    x, y = data.tokens[data.train], data.labels[data.train]
+    ours = Transformer(cfg.model_config())
+    paper = PaperModel(ours)
+    opt_ours, _ = make_optimizer(ours, cfg)
+    opt_paper = torch.optim.AdamW(paper.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
+    with torch.no_grad():
+        assert torch.allclose(last_position_logits(ours, x), paper(x)[:, -1], atol=1e-4)
+
+    def step(model, opt, logits_fn):
+        loss = F.cross_entropy(logits_fn(x)[:, : cfg.p], y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    contenders = {"circuitlab_last_position": lambda: step(ours, opt_ours, lambda t: last_position_logits(ours, t)),
+                  "paper_all_positions": lambda: step(paper, opt_paper, lambda t: paper(t)[:, -1])}
+    times = {k: [] for k in contenders}
+    for fn in contenders.values():
+        for _ in range(3):
+            fn()
+    for _ in range(args.rounds):
+        for name, fn in contenders.items():
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                fn()
+            times[name].append(args.steps / (time.perf_counter() - t0))
+    eps = {k: statistics.median(v) for k, v in times.items()}
+    ratio = eps["circuitlab_last_position"] / eps["paper_all_positions"]
+    result = {"epochs_per_s": eps, "speedup": ratio, "rounds": times, "batch": len(x), "p": cfg.p,
+              "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+    for k, v in eps.items():
+        print(f"{k:26s} {v:7.1f} epochs/s  ({1e3 / v:.1f} ms/epoch)")
+    print(f"speedup {ratio:.2f}x (median of {args.rounds} alternating rounds of {args.steps} full-batch steps)")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
