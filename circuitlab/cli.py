@@ -206,12 +206,13 @@ def _print_analysis(r: dict) -> None:
     if "heads" not in r:
         return
     t = Table(title="Heads", title_justify="left")
-    for c in ("head", "OV copy", "QK copy", "prev", "induct", "prefix", "dup", "pos", "by", "OV top1", "roles"):
+    for c in ("head", "OV copy", "QK copy", "copying", "prev", "induct", "prefix", "dup", "pos", "by", "OV top1",
+              "roles"):
         t.add_column(c)
     for h in r["heads"]:
         t.add_row(h["head"], *(f"{h[k]:+.2f}" if "copying" in k else _fmt(h[k], ".2f") for k in
-                  ("ov_copying", "qk_copying", "previous_token", "induction", "prefix_matching", "duplicate_token",
-                   "positional_share")), h["attention_driver"] or "-", f"{h['ov_top1_diagonal']:.0%}",
+                  ("ov_copying", "qk_copying", "copying_score", "previous_token", "induction", "prefix_matching",
+                   "duplicate_token", "positional_share")), h["attention_driver"] or "-", f"{h['ov_top1_diagonal']:.0%}",
                   ", ".join(h["roles"]))
     console.print(t)
     c = r["copying_heads"]
@@ -227,6 +228,8 @@ def _print_analysis(r: dict) -> None:
             console.print(f"{mode.upper()}-composition, top (random baseline {comp['random_baseline']:.3f} subtracted): {top}")
         for m in r["induction_mechanism"]:
             console.print(
+                ("" if m["above_threshold"] else f"no head above the induction threshold; best candidate (score "
+                 f"{m['induction_score']:.2f}) ") +
                 f"induction head {m['induction_head']}: {m['k_composition_share']:.0%} of its score margin on the target "
                 f"token comes from {m['k_composes_with']}'s output (K-composition score {m['k_composition_with_share_head']:.3f}); "
                 f"embedding {m['shares']['embedding']:.0%}, position {m['shares']['position']:.0%}", highlight=False)

@@ -170,3 +170,12 @@ def test_path_analyses_run_on_a_transformer_lens_bridge():
     ta = skip_trigram_table(m, 0, 1, torch.arange(1, 60))
     tb = skip_trigram_table(bridge, 0, 1, torch.arange(1, 60))
     assert ta.rows[0]["out_ids"] == tb.rows[0]["out_ids"]
+
+
+def test_olsson_copying_score_of_planted_heads():
+    from circuitlab.circuits import copying_score
+
+    s = copying_score(copying_model(), n_tokens=3, n_repeats=2)
+    assert s[0, 0] > 0.8 and s[0, 1] < -0.5 and abs(float(s[0, 2])) < 0.5  # copying, anti-copying, random
+    ind = copying_score(induction_model(), n_tokens=10, n_repeats=4)
+    assert ind[1, 1] > 0.8  # the induction head copies the token it attends to

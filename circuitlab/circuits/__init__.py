@@ -17,7 +17,7 @@ from circuitlab.circuits.competition import (
 )
 from circuitlab.circuits.composition import CompositionScores, composition_scores, random_composition_baseline
 from circuitlab.circuits.heads import (
-    HeadScores, attention_patterns, head_scores, induction_and_duplicate_scores, prefix_matching_score,
+    HeadScores, attention_patterns, copying_score, head_scores, induction_and_duplicate_scores, prefix_matching_score,
     previous_token_score, repeated_random_tokens,
 )
 from circuitlab.circuits.paths import head_results, order_expansion
@@ -31,7 +31,7 @@ __all__ = [
     "composition_scores", "copying_statistic", "direct_path", "head_scores", "induction_and_duplicate_scores",
     "ov_circuit", "positional_qk_circuit", "prefix_matching_score", "previous_token_score", "qk_circuit",
     "random_composition_baseline", "repeated_random_tokens",
-    "InductionMechanism", "ScoreSplit", "SkipTrigramBug", "SkipTrigramTable", "SoftmaxCompetition", "TermImportance",
+    "copying_score", "InductionMechanism", "ScoreSplit", "SkipTrigramBug", "SkipTrigramTable", "SoftmaxCompetition", "TermImportance",
     "competition_from_table", "competition_model", "head_results", "induction_mechanism", "order_expansion",
     "positional_content_split", "skip_trigram_bugs", "skip_trigram_counts", "skip_trigram_table",
     "softmax_competition", "term_importance", "top1_diagonal_accuracy", "top_entries",

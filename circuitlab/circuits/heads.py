@@ -46,6 +46,7 @@ class HeadScores(Result):
     duplicate_token: torch.Tensor
     induction: torch.Tensor
     prefix_matching: torch.Tensor
+    copying: torch.Tensor
     settings: dict
 
 
@@ -84,6 +85,32 @@ def prefix_matching_score(model, n_tokens: int = 25, n_repeats: int = 4, batch: 
     return total / count
 
 
+@torch.no_grad()
+def copying_score(model, n_tokens: int = 25, n_repeats: int = 4, batch: int = 10, bos: int | None = 0, seed: int = 0,
+                  allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """Olsson et al. 2022, 'Copying' evaluator, on the prefix-matching sequences: each head's direct effect on the
+    logits at every position, l = (z W_O) W_U, mean-subtracted over the vocabulary. How much of the raise relu(l)
+    lands on the tokens the head attends to is measured as the cosine similarity between relu(l) and the head's
+    attention mass per token id a (so a head spreading its attention over several tokens and raising each in
+    proportion still scores 1); the same for the lowering relu(-l) is subtracted, giving a score in [-1, 1]:
+    +1 = raises exactly what it attends to (copying), -1 = lowers it (anti-copying), ~0 = unrelated.
+    Averaged over positions after BOS. [n_layers, n_heads]."""
+    tokens = repeated_random_tokens(n_tokens, n_repeats, batch, model.cfg.d_vocab, bos, seed, allowed)
+    names = [f"blocks.{l}.attn.hook_{k}" for l in range(model.cfg.n_layers) for k in ("z", "pattern")]
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+    onehot = torch.nn.functional.one_hot(tokens, model.cfg.d_vocab).float()  # [batch, key_pos, vocab]
+    out = []
+    for l in range(model.cfg.n_layers):
+        z, pattern = cache[f"blocks.{l}.attn.hook_z"], cache[f"blocks.{l}.attn.hook_pattern"]
+        logits = torch.einsum("bqhe,hed,dv->bqhv", z, model.W_O[l], model.W_U)
+        logits = logits - logits.mean(-1, keepdim=True)
+        attended = torch.einsum("bhqk,bkv->bqhv", pattern, onehot)  # attention mass on each token id
+        up, down = logits.clamp_min(0), (-logits).clamp_min(0)
+        share = lambda x: torch.nn.functional.cosine_similarity(x, attended, dim=-1, eps=1e-30)  # noqa: E731
+        out.append((share(up) - share(down))[:, 1:].mean(dim=(0, 1)))  # skip the BOS position
+    return torch.stack(out)
+
+
 def head_scores(model, text_tokens: torch.Tensor | None = None, bos: int | None = 0, seed: int = 0,
                 allowed: torch.Tensor | None = None) -> HeadScores:
     """All per-head scores. Sequence lengths shrink to fit the model's context (said in `settings`)."""
@@ -100,6 +127,7 @@ def head_scores(model, text_tokens: torch.Tensor | None = None, bos: int | None 
         duplicate_token=duplicate,
         induction=induction,
         prefix_matching=prefix_matching_score(model, n_pm, reps, bos=bos, seed=seed, allowed=allowed),
+        copying=copying_score(model, n_pm, reps, bos=bos, seed=seed, allowed=allowed),
         settings={"induction_repeat_length": n_ind, "prefix_matching_tokens": n_pm, "prefix_matching_repeats": reps,
                   "sequences": 10, "bos": bos},
     )

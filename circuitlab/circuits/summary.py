@@ -106,6 +106,7 @@ def analyze_model(model, train_tokens: np.ndarray, heldout_tokens: np.ndarray, d
             heads.append({"head": f"{l}.{h}", "ov_copying": float(ov[l, h]), "qk_copying": float(qk[l, h]),
                           "previous_token": float(scores.previous_token[l, h]), "induction": float(scores.induction[l, h]),
                           "prefix_matching": float(scores.prefix_matching[l, h]),
+                          "copying_score": float(scores.copying[l, h]),
                           "duplicate_token": float(scores.duplicate_token[l, h]),
                           "positional_share": float(split.positional[l, h]) if split else None,
                           "content_share": float(split.content[l, h]) if split else None,
@@ -120,7 +121,11 @@ def analyze_model(model, train_tokens: np.ndarray, heldout_tokens: np.ndarray, d
 
     # Skip-trigrams of layer-0 heads (exact token circuits in a one-layer model), their bugs, and the softmax caveat.
     t0 = time.perf_counter()
-    tables = [skip_trigram_table(model, 0, h, pool, decode) for h in range(cfg.n_heads)]
+    # Tables read better without tokens that decode to partial UTF-8 sequences ('\ufffd'), rare byte pieces whose
+    # large embedding norms would otherwise top every table.
+    text_pool = torch.as_tensor([int(t) for t in pool if "\ufffd" not in decode(int(t))]) if decode else pool
+    tables = [skip_trigram_table(model, 0, h, text_pool if len(text_pool) >= 10 else pool, decode)
+              for h in range(cfg.n_heads)]
     corpus = np.asarray(train_tokens[:trigram_corpus_tokens])
     out["skip_trigrams"] = [t.to_json() for t in tables]
     out["skip_trigram_bugs"] = [b.to_json() for t in tables
@@ -139,13 +144,18 @@ def analyze_model(model, train_tokens: np.ndarray, heldout_tokens: np.ndarray, d
                               "v_matrix": comp.v, **{m: comp.top(m, 8) for m in ("q", "k", "v")}}
         out["induction_mechanism"] = []
         induction = [tuple(map(int, h["head"].split("."))) for h in heads if "induction" in h["roles"]]
+        # With no head above the threshold, still decompose the best candidate (flagged) to show how it is forming.
+        later = [h for h in heads if int(h["head"].split(".")[0]) > 0]
+        best = max(later, key=lambda h: h["induction"])
+        examined = induction or ([tuple(map(int, best["head"].split(".")))] if best["induction"] >= 0.1 else [])
         t0 = time.perf_counter()
-        for l, i in induction if linear else []:
+        for l, i in examined if linear else []:
             mech = induction_mechanism(model, l, i, allowed=common_token_pool(train_tokens, cfg.d_vocab))
             k = torch.nan_to_num(comp.k[:, :, l, i], nan=-float("inf"))
             src = int(k.argmax())
             out["induction_mechanism"].append({
-                **mech.to_json(), "induction_head": f"{l}.{i}",
+                **mech.to_json(), "induction_head": f"{l}.{i}", "above_threshold": (l, i) in induction,
+                "induction_score": float(scores.induction[l, i]),
                 "top_k_composition_head": f"{src // cfg.n_heads}.{src % cfg.n_heads}",
                 "k_composition": float(k.flatten()[src]),
                 "k_composition_with_share_head": float(k[tuple(map(int, mech.k_composes_with.split(".")))]),
