@@ -105,10 +105,13 @@ def test_frequency_ablation_on_the_planted_model():
 
 
 def test_detect_phases():
+    def test_loss(e):  # rises while memorising, plateaus, falls from 600, generalised at 900
+        return 5 + e / 20 if e <= 200 else 15.0 if e < 600 else max(0.01, 15 - (e - 600) / 20)
     rows = [{"epoch": e, "train_acc": min(1, e / 100), "test_acc": 0.0 if e < 900 else 1.0,
-             "test_loss": 10 + e / 100 if e < 600 else 0.01} for e in range(0, 1001, 10)]
+             "test_loss": test_loss(e) + (3.0 if e == 400 else 0.0)} for e in range(0, 1001, 10)]  # one spike
     ph = detect_phases(rows)
-    assert (ph.memorised, ph.cleanup, ph.grokked) == (100, 600, 900)
+    assert (ph.train_fit, ph.grokked) == (100, 900)
+    assert 200 <= ph.memorised <= 250 and 580 <= ph.cleanup <= 640
 
 
 def test_grokking_training_resumes_exactly(tmp_path):

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -143,22 +145,37 @@ def frequency_ablation(model, p: int, ks: list[int], rows: Tensor | None = None)
 @dataclass
 class Phases(Result):
     """Epoch boundaries: memorisation [0, memorised), circuit formation [memorised, cleanup), cleanup
-    [cleanup, grokked]. memorised: first epoch with train accuracy >= 99%; cleanup: first epoch after it where the
-    test loss has fallen 10% below its peak after memorisation; grokked: first epoch with test accuracy >= 99%.
-    None where the run never got there."""
+    [cleanup, grokked]. With the test loss smoothed by a running median (`smooth` rows):
+      memorised: where the test loss peaks before grokking (training data memorised, generalisation at its worst);
+      cleanup:   the last epoch before grokking at which the test loss is still at or above its median level over
+                 [memorised, grokked] (it leaves the plateau for the final descent);
+      grokked:   the first epoch with test accuracy >= 99%.
+    train_fit: the first epoch with train accuracy >= 99%. None where the run never got there."""
 
+    train_fit: int | None
     memorised: int | None
     cleanup: int | None
     grokked: int | None
 
 
-def detect_phases(metrics: list[dict]) -> Phases:
+def _running_median(x: list[float], k: int) -> list[float]:
+    a = np.asarray(x, dtype=float)
+    h = k // 2
+    return [float(np.median(a[max(0, i - h) : i + h + 1])) for i in range(len(a))]
+
+
+def detect_phases(metrics: list[dict], smooth: int = 9) -> Phases:
     """From metrics rows {epoch, train_acc, test_acc, test_loss}."""
-    mem = next((r["epoch"] for r in metrics if r["train_acc"] >= 0.99), None)
-    grok = next((r["epoch"] for r in metrics if r["test_acc"] >= 0.99), None)
-    cleanup = None
-    if mem is not None:
-        after = [r for r in metrics if r["epoch"] >= mem]
-        peak = max(range(len(after)), key=lambda i: after[i]["test_loss"])
-        cleanup = next((r["epoch"] for r in after[peak:] if r["test_loss"] < 0.9 * after[peak]["test_loss"]), None)
-    return Phases(memorised=mem, cleanup=cleanup, grokked=grok)
+    fit = next((r["epoch"] for r in metrics if r["train_acc"] >= 0.99), None)
+    grok_i = next((i for i, r in enumerate(metrics) if r["test_acc"] >= 0.99), None)
+    if fit is None or grok_i is None:
+        return Phases(fit, None, None, None)
+    loss = _running_median([r["test_loss"] for r in metrics], smooth)
+    epochs = [r["epoch"] for r in metrics]
+    first = next(i for i, e in enumerate(epochs) if e >= fit)
+    if grok_i <= first:
+        return Phases(fit, None, None, epochs[grok_i])
+    peak = max(range(first, grok_i), key=lambda i: loss[i])
+    level = float(np.median(loss[peak:grok_i]))
+    cleanup = max((i for i in range(peak, grok_i) if loss[i] >= level), default=peak)
+    return Phases(fit, epochs[peak], epochs[cleanup], epochs[grok_i])

@@ -2,7 +2,7 @@
 
 Model: 1 layer, d_model 128, 4 heads of 32, ReLU MLP 512, no LayerNorm, learned positions, no attention biases,
 the paper's init. Optimiser: AdamW lr 1e-3, weight decay 1.0, betas (0.9, 0.98), LambdaLR min(step / 10, 1) (so the
-first update has lr 0, as in the authors' code). Loss: cross-entropy of the last position over the p answers (the
+first update has lr 0, as in the authors' code). Loss: float64 cross-entropy of the last position over the p answers (the
 "=" column of W_U is never a target: it only decays, as if d_vocab_out = p).
 
 Speed: only the last position feeds the loss, so `last_position_logits` computes queries, the MLP and the unembedding
@@ -101,7 +101,9 @@ def last_position_logits(model: Transformer, tokens: Tensor) -> Tensor:
 
 
 def loss_and_accuracy(logits: Tensor, labels: Tensor, p: int) -> tuple[Tensor, float]:
-    logits = logits[:, :p].float()
+    """Cross-entropy in float64, as the authors' code computes it: once the training set is memorised the loss is
+    ~1e-7, where float32 log-softmax rounds and the updates turn into periodic loss spikes."""
+    logits = logits[:, :p].double()
     return F.cross_entropy(logits, labels), float((logits.argmax(-1) == labels).float().mean())
 
 
