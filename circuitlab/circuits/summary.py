@@ -86,6 +86,8 @@ def analyze_model(model, train_tokens: np.ndarray, heldout_tokens: np.ndarray, d
     ov = timed("copying_statistic", copying_statistic, ovc)
     qk = copying_statistic(qkc)
     pool = token_pool(train_tokens, cfg.d_vocab)
+    if len(pool) < 10:  # a tiny corpus: every token it has
+        pool = token_pool(train_tokens, cfg.d_vocab, min_count=1)
     text = text_windows(heldout_tokens, cfg.n_ctx, n=n_text)
     scores = timed("head_scores", head_scores, model, text[:10], bos=0,
                    allowed=common_token_pool(train_tokens, cfg.d_vocab))
