@@ -16,7 +16,7 @@ from circuitlab.grokking.measures import (
     cross_entropy, detect_phases, excluded_logits, frequency_ablation, gini, restricted_logits,
 )
 from circuitlab.model import Transformer
-from circuitlab.training.grokking import GrokConfig, GrokRun, last_position_logits, train_grokking
+from circuitlab.training.grokking import GrokConfig, last_position_logits, train_grokking
 
 
 def test_task_split_is_seeded_and_matches_the_paper():

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from circuitlab.circuits.heads import attention_patterns, repeated_random_tokens
+from circuitlab.circuits.heads import repeated_random_tokens
 from circuitlab.circuits.paths import head_results, is_shortformer, score_terms
 from circuitlab.circuits.result import Result
 
@@ -56,8 +56,8 @@ def positional_content_split(model, tokens: Tensor, previous_token: Tensor | Non
     L = model.cfg.n_layers
     shares = []
     for l in range(L):
-        parts_q = {"c": content, "p": pos.expand_as(content)}
-        t = {(a, b): score_terms(model, l, parts_q[a], {b: parts_q[b]})[b] for a in "cp" for b in "cp"}
+        parts = {"c": content, "p": pos.expand_as(content)}
+        t = {(a, b): s for a in "cp" for b, s in score_terms(model, l, parts[a], parts).items()}
         v_pos, v_con = _key_variance(t["p", "p"]), _key_variance(t["c", "c"])
         v_mix = _key_variance(t["c", "p"] + t["p", "c"])
         total = (v_pos + v_con + v_mix).clamp_min(1e-30)

@@ -49,7 +49,7 @@ def copying_statistic(circuit: FactoredMatrix) -> torch.Tensor:
     return lam.sum(-1).real / lam.abs().sum(-1).clamp_min(1e-30)
 
 
-def _rows(A: torch.Tensor, B: torch.Tensor, chunk: int):
+def row_chunks(A: torch.Tensor, B: torch.Tensor, chunk: int = 256):
     """Yield (row_start, A[rows] @ B) over row chunks of a 2-D product, never holding the whole matrix."""
     for start in range(0, A.shape[0], chunk):
         yield start, A[start : start + chunk] @ B
@@ -67,7 +67,7 @@ def top_entries(circuit: FactoredMatrix, k: int = 20, rows: torch.Tensor | None 
     cols = torch.arange(B.shape[1]) if cols is None else cols
     A, B = A[rows], B[:, cols]
     best_v, best_i = torch.empty(0), torch.empty(0, dtype=torch.long)
-    for start, block in _rows(A, B, chunk):
+    for start, block in row_chunks(A, B, chunk):
         v, i = block.flatten().topk(min(k, block.numel()))
         best_v = torch.cat([best_v, v.float().cpu()])
         best_i = torch.cat([best_i, i.cpu() + start * B.shape[1]])

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from transformer_lens import FactoredMatrix
 
+from circuitlab.circuits.circuits import row_chunks
 from circuitlab.circuits.result import Result
 
 
@@ -46,23 +47,15 @@ class SkipTrigramTable(Result):
     rows: list[dict]
 
 
-def _column_max(fm: FactoredMatrix, chunk: int = 256) -> Tensor:
-    """max over rows of each column of a 2-D factored matrix, chunked."""
-    best = None
-    for s in range(0, fm.A.shape[0], chunk):
-        m = (fm.A[s : s + chunk] @ fm.B).max(0).values
-        best = m if best is None else torch.maximum(best, m)
-    return best
-
-
 @torch.no_grad()
 def skip_trigram_table(model, layer: int, head: int, pool: Tensor, decode=None, n_sources: int = 8,
                        n_each: int = 5) -> SkipTrigramTable:
     """The head's strongest skip-trigrams, as in the paper's tables: [source] ... [destinations] -> [outs]."""
     pool = torch.as_tensor(pool)
     qk, ov = centred_token_circuits(model, layer, head, pool)
-    attend = _column_max(qk)  # [n_pool]: best score any destination gives each source
-    raise_ = torch.cat([(ov.A[s : s + 256] @ ov.B).max(1).values for s in range(0, len(pool), 256)])  # per source
+    # chunked over rows: the best score any destination gives each source, the largest raise of each source
+    attend = torch.stack([block.max(0).values for _, block in row_chunks(qk.A, qk.B)]).max(0).values
+    raise_ = torch.cat([block.max(1).values for _, block in row_chunks(ov.A, ov.B)])
     show = decode or str
     rows = []
     for i in (attend + raise_).argsort(descending=True)[:n_sources].tolist():

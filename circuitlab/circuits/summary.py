@@ -89,8 +89,8 @@ def analyze_model(model, train_tokens: np.ndarray, heldout_tokens: np.ndarray, d
     if len(pool) < 10:  # a tiny corpus: every token it has
         pool = token_pool(train_tokens, cfg.d_vocab, min_count=1)
     text = text_windows(heldout_tokens, cfg.n_ctx, n=n_text)
-    scores = timed("head_scores", head_scores, model, text[:10], bos=0,
-                   allowed=common_token_pool(train_tokens, cfg.d_vocab))
+    common = common_token_pool(train_tokens, cfg.d_vocab)
+    scores = timed("head_scores", head_scores, model, text[:10], bos=0, allowed=common)
     # The score split, term importance and the induction mechanism are exact path expansions: they need the
     # paper's setting (attention only, no LayerNorm, no biases).
     linear = (getattr(cfg, "attn_only", False) and getattr(cfg, "normalization_type", None) is None
@@ -152,7 +152,7 @@ def analyze_model(model, train_tokens: np.ndarray, heldout_tokens: np.ndarray, d
         examined = induction or ([tuple(map(int, best["head"].split(".")))] if best["induction"] >= 0.1 else [])
         t0 = time.perf_counter()
         for l, i in examined if linear else []:
-            mech = induction_mechanism(model, l, i, allowed=common_token_pool(train_tokens, cfg.d_vocab))
+            mech = induction_mechanism(model, l, i, allowed=common)
             k = torch.nan_to_num(comp.k[:, :, l, i], nan=-float("inf"))
             src = int(k.argmax())
             out["induction_mechanism"].append({

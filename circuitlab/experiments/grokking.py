@@ -9,8 +9,6 @@ import math
 import time
 from pathlib import Path
 
-import torch
-
 from circuitlab.experiments.claims import Claim, verdict
 from circuitlab.grokking.fourier import (
     embedding_fourier_norms, fourier_names, frequency_norms, key_frequencies_from_neurons, logit_fit,
@@ -37,7 +35,7 @@ def _at(series: list[dict], epoch: int | None, key: str):
     return min(series, key=lambda r: abs(r["epoch"] - epoch))[key]
 
 
-def analyze_grokking(run: GrokRun, max_points: int = 200, progress: bool = True) -> dict:
+def analyze_grokking(run: GrokRun, max_points: int = 200) -> dict:
     """Everything the issue lists, from a finished (or partial) run."""
     cfg, p = run.config, run.config.p
     data = run.data()
@@ -153,8 +151,7 @@ def run_grokking_experiment(cfg: GrokConfig, out: Path | str, preset: str = "pap
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     result = {"experiment": "grokking", "preset": preset,
-              "differs_from_paper": {k: v for k, v in PRESETS.get(preset, {}).items()},
-              **analyze_grokking(run, progress=progress)}
+              "differs_from_paper": dict(PRESETS.get(preset, {})), **analyze_grokking(run)}
     result["seconds"] = {"train": train_s, "analysis": time.perf_counter() - t0,
                          "train_total_in_run": (run.metrics[-1]["seconds"] if run.metrics else None)}
     atomic_write_text(out / "results.json", json.dumps(result, indent=1))

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from circuitlab.circuits.result import Result
+from circuitlab.model.last_position import last_position_logits
 from circuitlab.grokking.fourier import (
     all_inputs, embedding_fourier_norms, fourier_2d, fourier_basis, frequency_indices, frequency_norms,
     readout_fourier_norms,
@@ -69,8 +70,6 @@ def gini(x: Tensor) -> float:
 @torch.no_grad()
 def all_logits(model, p: int) -> Tensor:
     """[p*p, d_vocab] logits at '=' for every pair."""
-    from circuitlab.training.grokking import last_position_logits
-
     return last_position_logits(model, all_inputs(p).to(model.W_E.device))
 
 

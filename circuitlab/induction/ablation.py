@@ -29,25 +29,33 @@ def _per_token(logits: Tensor, tokens: Tensor) -> Tensor:
 
 
 @torch.no_grad()
+def clean_patterns(model, tokens: Tensor, batch_size: int = 32) -> list[Tensor]:
+    """The attention patterns of the clean input, per batch of `batch_size`, for pattern-preserving ablations."""
+    return [attention_patterns(model, b.to(model.W_E.device)) for b in tokens.split(batch_size)]
+
+
+@torch.no_grad()
 def ablated_per_token_loss(model, tokens: Tensor, heads: list[tuple[int, int]], preserve_patterns: bool = True,
-                           batch_size: int = 32) -> Tensor:
-    """[batch, pos - 1] losses with `heads` ablated (pattern-preserving or full)."""
+                           batch_size: int = 32, patterns: list[Tensor] | None = None) -> Tensor:
+    """[batch, pos - 1] losses with `heads` ablated (pattern-preserving or full). `patterns`: the clean patterns
+    from `clean_patterns` (same batch_size), recorded here if not given."""
+    if preserve_patterns:
+        check_linear_attention_only(model, "pattern-preserving ablation")
+        patterns = clean_patterns(model, tokens, batch_size) if patterns is None else patterns
     out = []
-    for batch in tokens.split(batch_size):
+    for i, batch in enumerate(tokens.split(batch_size)):
         batch = batch.to(model.W_E.device)
         if preserve_patterns:
-            check_linear_attention_only(model, "pattern-preserving ablation")
-            patterns = attention_patterns(model, batch)
             resid, _ = embeddings(model, batch)
             for l in range(model.cfg.n_layers):
-                r = head_values(model, l, resid, patterns[l])
+                r = head_values(model, l, resid, patterns[i][l])
                 for hl, hh in heads:
                     if hl == l:
                         r[:, :, hh] = 0
                 resid = resid + r.sum(2)
             out.append(_per_token(resid @ model.W_U, batch).cpu())
         else:
-            def zero(z, hook, hs=None):
+            def zero(z, hook):
                 layer = int(hook.name.split(".")[1])
                 for hl, hh in heads:
                     if hl == layer:
@@ -82,12 +90,16 @@ def _icl(losses: Tensor, n_ctx: int) -> float:
 
 def ablate_heads(model, windows: Tensor, group: list[tuple[int, int]] = (), preserve_patterns: bool = True) -> AblationResult:
     n_ctx = windows.shape[1]
-    clean = _icl(ablated_per_token_loss(model, windows, [], preserve_patterns), n_ctx)
-    per_head = [[_icl(ablated_per_token_loss(model, windows, [(l, h)], preserve_patterns), n_ctx) - clean
-                 for h in range(model.cfg.n_heads)] for l in range(model.cfg.n_layers)]
+    patterns = clean_patterns(model, windows) if preserve_patterns else None  # recorded once for every ablation
+
+    def icl_without(heads: list[tuple[int, int]]) -> float:
+        return _icl(ablated_per_token_loss(model, windows, heads, preserve_patterns, patterns=patterns), n_ctx)
+
+    clean = icl_without([])
+    per_head = [[icl_without([(l, h)]) - clean for h in range(model.cfg.n_heads)] for l in range(model.cfg.n_layers)]
     g = g_share = None
     if group:
-        g = _icl(ablated_per_token_loss(model, windows, list(group), preserve_patterns), n_ctx) - clean
+        g = icl_without(list(group)) - clean
         g_share = g / -clean if clean < 0 else None
     in_group = set(map(tuple, group))
     raising = sum(per_head[l][h] < 0 for l in range(len(per_head)) for h in range(len(per_head[l]))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from torch import Tensor
 from circuitlab.data.modular import ModularAddition, modular_addition
 from circuitlab.errors import CircuitlabError
 from circuitlab.model import ModelConfig, Transformer
+from circuitlab.model.last_position import last_position_logits
 from circuitlab.training.checkpoints import (
     atomic_write_text, list_checkpoints, load_checkpoint, load_optimizer, save_checkpoint, save_optimizer, checkpoint_path,
 )
@@ -71,33 +71,6 @@ class GrokConfig:
     def from_dict(cls, d: dict[str, Any]) -> "GrokConfig":
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
-
-
-def last_position_logits(model: Transformer, tokens: Tensor) -> Tensor:
-    """model(tokens)[:, -1] for a one-layer model without LayerNorm, computing only what the last position needs:
-    [batch, d_vocab]. Keys and values of position i are rows of the table (W_E + W_pos[i]) W_K (W_V) gathered by
-    token, so their cost scales with the vocabulary, not the batch."""
-    cfg = model.cfg
-    if cfg.n_layers != 1 or cfg.layer_norm or cfg.attn_bias or cfg.positional_embedding_type != "standard":
-        raise ValueError("last_position_logits covers the grokking model: 1 layer, standard positions, no LN/biases")
-    a = model.blocks[0].attn
-    B, T = tokens.shape
-    H, E = cfg.n_heads, cfg.d_head
-    resid_in = model.W_E[None] + model.W_pos[:T, None]  # [T, V, D]: every (position, token) input
-    pos = torch.arange(T, device=tokens.device)
-    # Gather q, k, v from per-(position, token) tables. Separate tables, not slices of one gathered tensor: the
-    # backward of a slice allocates and zero-fills the whole [batch, ...] tensor, which dominated the step.
-    q = torch.einsum("vd,hde->vhe", resid_in[T - 1], a.W_Q)[tokens[:, -1]]  # [B, H, E]: the last query only
-    k = torch.einsum("tvd,hde->tvhe", resid_in, a.W_K)[pos, tokens]  # [B, T, H, E]
-    v = torch.einsum("tvd,hde->tvhe", resid_in, a.W_V)[pos, tokens]
-    # tiny per-example products: elementwise beats batched matmuls of 1 x E by E x T
-    pattern = ((q[:, None] * k).sum(-1) / math.sqrt(E)).softmax(1)  # [B, T, H]: the last query sees all T
-    z = (pattern[..., None] * v).sum(1)  # [B, H, E]
-    resid = resid_in[T - 1][tokens[:, -1]] + z.reshape(B, H * E) @ a.W_O.reshape(H * E, cfg.d_model)
-    if not cfg.attn_only:
-        mlp = model.blocks[0].mlp
-        resid = resid + F.relu(resid @ mlp.W_in + mlp.b_in) @ mlp.W_out + mlp.b_out
-    return resid @ model.W_U
 
 
 def loss_and_accuracy(logits: Tensor, labels: Tensor, p: int) -> tuple[Tensor, float]:
