@@ -313,6 +313,27 @@ def experiment_grokking(
     console.print(f"wrote {Path(out) / 'results.json'}")
 
 
+@experiment_app.command("induction")
+@_friendly
+def experiment_induction(
+    preset: str = typer.Option("quick", help="'quick' (calibrated for a 2-core CPU, ~15 min) or 'full' (512 context; hours)."),
+    out: Optional[Path] = typer.Option(None, help="Experiment directory (default runs/induction-PRESET); runs in it are reused or resumed."),
+    workers: Optional[int] = typer.Option(None, help="Models trained at once (default: 2 on a machine with <= 4 cores)."),
+):
+    """Induction heads and the in-context-learning phase change (Olsson et al. 2022): trains the 1L, 2L and
+    smeared-key models with dense checkpoints, measures every checkpoint, and writes OUT/results.json with the claims."""
+    from circuitlab.experiments.induction import PRESETS, run_induction_experiment
+
+    if preset not in PRESETS:
+        raise CircuitlabError(f"unknown induction preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    out = out or Path(f"runs/induction-{preset}")
+    r = run_induction_experiment(preset, out, workers=workers)
+    console.print(f"preset {preset}: " + "; ".join(r["differs_from_paper"]), highlight=False)
+    _print_claims(r["claims"])
+    console.print(f"wrote {out / 'results.json'} ({r['seconds']['train_and_measure']:.0f} s training and measuring, "
+                  f"{r['seconds']['analysis']:.0f} s analysis)", highlight=False)
+
+
 def _print_claims(claims: list[dict]) -> None:
     t = Table(title="Claims", title_justify="left")
     for c in ("claim", "expected", "measured", "verdict"):

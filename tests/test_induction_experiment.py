@@ -1,0 +1,145 @@
+"""The induction experiment's pieces: synthetic tasks, per-checkpoint measurement with resume, behaviours, and the
+whole pipeline end to end on a tiny preset (results JSON, claims, reuse of finished runs)."""
+
+import json
+
+import pytest
+import torch
+
+from circuitlab.data.synthetic import pattern_task, translation_task
+from circuitlab.experiments.induction import InductionPreset, run_induction_experiment
+from circuitlab.experiments.induction_analysis import smooth
+from circuitlab.induction.behaviours import translation_behaviour
+from circuitlab.induction.measure import Probe, measure_checkpoint, measure_run
+from circuitlab.model import ModelConfig
+from circuitlab.training import TrainConfig, train
+from circuitlab.training.trainer import sample_windows
+from tests.planted import induction_model
+
+
+def test_translation_task_halves_are_translations_at_random_offsets():
+    task = translation_task(n_words=16, length=8, n_fillers=4, max_gap=4)
+    tokens, mask, starts = task.sample(64, torch.Generator().manual_seed(0), return_positions=True)
+    assert tokens.shape == (64, task.n_ctx) and (tokens[:, 0] == 0).all() and tokens.max() < task.d_vocab
+    for b in range(64):
+        s1, s2 = starts[b].tolist()
+        star, plain = tokens[b, s1 : s1 + 8], tokens[b, s2 : s2 + 8]
+        assert ((star - 16) == plain).all()  # w* = w + n_words
+        assert not set(plain.tolist()) & set(tokens[b, :s2].tolist())  # no second-half token appears earlier
+        assert mask[b].nonzero().flatten().tolist() == list(range(s2, s2 + 7))
+    assert len({tuple(s) for s in starts.tolist()}) > 5  # the halves move: positions alone cannot solve it
+
+
+def test_pattern_task_labels_follow_one_mapping_per_sequence():
+    task = pattern_task(n_examples=10)
+    tokens, mask, pairs = task.sample(32, torch.Generator().manual_seed(0), return_pairs=True)
+    assert tokens.shape == (32, task.n_ctx)
+    months, colours = set(task.first[0]), set(task.first[1])
+    mappings = set()
+    for b in range(32):
+        seen = {}
+        for k in range(task.n_examples):
+            w1, w2, colon, label, nl = tokens[b, list(task.example_span(k))].tolist()
+            assert colon == task.colon and nl == task.newline and label in task.labels
+            assert (w1 in months) == (pairs[b, k] // 2 == 0) and (w1 in colours) == (pairs[b, k] // 2 == 1)
+            assert seen.setdefault(int(pairs[b, k]), label) == label  # same pair -> same label in a sequence
+        mappings.add(tuple(sorted(seen.items())))
+    assert len(mappings) > 5  # the mapping changes between sequences: the label must be read from context
+    assert mask[0].nonzero().flatten().tolist() == task.colon_positions()
+
+
+def test_translation_behaviour_scores_the_fuzzy_target():
+    """A model whose every layer-1 head attends exactly from A to the token after A* scores 1; checked by planting
+    the pattern through a hook on a random model."""
+    task = translation_task(n_words=16, length=8, n_fillers=4, max_gap=4)
+    model = induction_model(V=task.d_vocab, n_ctx=task.n_ctx)
+    # oracle: replace layer 1's patterns with one-hot attention on the fuzzy target, from the data itself
+    tokens, _, starts = task.sample(16, torch.Generator().manual_seed(1), return_positions=True)
+
+    def oracle(pattern, hook):
+        p = torch.zeros_like(pattern)
+        p[..., 0] = 1.0
+        for b in range(pattern.shape[0]):
+            s1, s2 = starts[b].tolist()
+            for i in range(task.length - 1):
+                p[b, :, s2 + i] = 0
+                p[b, :, s2 + i, s1 + i + 1] = 1.0
+        return p
+
+    model.add_hook("blocks.1.attn.hook_pattern", oracle)
+    r = translation_behaviour(model, task, n=16, seed=1)
+    model.reset_hooks()
+    assert r.best_head.startswith("1.")
+    assert r.best_score == pytest.approx(1.0)
+    assert all(s < 0.5 for s in r.fuzzy_induction[0])
+    assert r.chance < 0.2
+
+
+def test_measure_checkpoint_on_a_planted_induction_head():
+    model = induction_model()
+    windows = torch.randint(1, 200, (8, 48))
+    windows[:, 0] = 0
+    row = measure_checkpoint(model, Probe.make(windows))
+    assert row["best_induction"] > 0.5
+    assert row["repeat_second_half_loss"] < row["repeat_first_half_loss"]
+    assert len(row["pca_losses"]) == 8 and len(row["loss_by_position"]) == 47
+
+
+def test_measure_run_measures_each_checkpoint_once(tiny_data, tiny_cfg, tmp_path):
+    tcfg = TrainConfig(batch_size=4, max_steps=20, eval_every=10, checkpoint_every=10, log_checkpoints=3)
+    run = train(tiny_cfg, tcfg, tiny_data, tmp_path / "run", progress=False)
+    import numpy as np
+    probe = Probe.make(sample_windows(tiny_data.val, 6, tiny_cfg.n_ctx, np.random.default_rng(0), True))
+    calls = []
+    rows = measure_run(run, probe, tmp_path / "m.jsonl", progress=lambda: calls.append(1))
+    assert [r["step"] for r in rows] == run.checkpoints and len(calls) == len(run.checkpoints)
+    # an interruption that cut the last line: only that checkpoint is measured again
+    lines = (tmp_path / "m.jsonl").read_text().splitlines()
+    (tmp_path / "m.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20] + "\n")
+    calls.clear()
+    again = measure_run(run, probe, tmp_path / "m.jsonl", progress=lambda: calls.append(1))
+    assert len(calls) == 1 and [r["step"] for r in again] == run.checkpoints
+    assert again[-1]["icl"] == pytest.approx(rows[-1]["icl"])
+
+
+def test_smooth_is_a_running_median():
+    assert smooth([0, 0, 10, 0, 0, 5, 5, 5], k=3) == [0, 0, 0, 0, 0, 5, 5, 5]
+
+
+TINY = InductionPreset(
+    "tiny", dict(d_model=32, n_heads=2, d_head=16, n_ctx=32, d_vocab=320, positional_embedding_type="shortformer"),
+    dict(batch_size=8, lr=1e-2, warmup_steps=10, schedule="constant", eval_every=40, checkpoint_every=40,
+         log_checkpoints=4),
+    {"2L": dict(n_layers=2, max_tokens=40_000), "1L": dict(n_layers=1, max_tokens=40_000),
+     "1L-smeared": dict(n_layers=1, smeared_keys=True, max_tokens=20_000),
+     "2L-smeared": dict(n_layers=2, smeared_keys=True, max_tokens=20_000)},
+    probe_windows=16, ablation_points=2, task_steps=20, differs=["tiny test preset"],
+)
+
+
+def test_induction_experiment_end_to_end_and_reuse(small_corpus_dir, tmp_path):
+    out = tmp_path / "exp"
+    corpus = {"text": str(small_corpus_dir)}
+    r = run_induction_experiment(TINY, out, workers=2, progress=False, corpus=corpus)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["claims"] == r["claims"]
+    sections = {c["section"] for c in r["claims"]}
+    assert {"induction-phase", "induction-controls", "induction-pca", "induction-behaviours"} <= sections
+    assert all(c["verdict"] in ("reproduced", "not reproduced", "differs") for c in r["claims"])
+    assert set(r["models"]) == set(TINY.models)
+    two = r["models"]["2L"]
+    assert len(two["curve"]) == len(list((out / "runs" / "2L" / "checkpoints").glob("*.safetensors")))
+    assert r["icl_positions"] == {"early": 3, "late": 31, "n_ctx": 32, "note": r["icl_positions"]["note"]}
+    assert len(r["pca"]["trajectory"]) == len(two["curve"])
+    assert r["attention_viewer"][0]["tokens"][0] == "<bos>"
+    layers = r["attention_viewer"][0]["patterns"]
+    assert len(layers) == 2 and len(layers[0]) == 2  # [layer][head][q][k]
+    assert r["behaviours"]["translation"]["training"]["settings"]["steps"] == 20
+    # a second run reuses everything: no checkpoint rewritten, no checkpoint measured again
+    ckpt = out / "runs" / "2L" / "checkpoints"
+    mtimes = {p.name: p.stat().st_mtime_ns for p in ckpt.iterdir()}
+    measured = (out / "runs" / "2L" / "measurements.jsonl").read_text()
+    r2 = run_induction_experiment(TINY, out, workers=1, progress=False, corpus=corpus)
+    assert {p.name: p.stat().st_mtime_ns for p in ckpt.iterdir()} == mtimes
+    assert (out / "runs" / "2L" / "measurements.jsonl").read_text() == measured
+    assert [c["measured"] for c in r2["claims"]] == [c["measured"] for c in r["claims"]]
