@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test venv bench clean browser
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -21,11 +21,21 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml
 
 venv: $(VENV)/.installed
 
+# The main job: every experiment on the embedded corpus (quick preset), then the report; prints its path.
 demo: venv
-	$(BIN)/circuitlab train --preset attn2 --max-steps 300 --eval-every 100 --out runs/demo-attn2
-	$(BIN)/circuitlab info runs/demo-attn2
+	$(BIN)/circuitlab reproduce --preset quick --out runs/reproduce-quick
 
-test: venv
+# The report's browser test needs Debian's Chromium and ChromeDriver; install them where we can (root + apt-get).
+# Where we cannot, the browser test skips and says why.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium and chromium-driver (Debian packages) for the report's browser test"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	    || echo "could not install Chromium: the browser test will be skipped"; \
+	else echo "Chromium is not installed and this user cannot apt-get it: the browser test will be skipped"; fi
+
+test: venv browser
 	$(BIN)/python -m pytest -q
 
 bench: venv

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -271,6 +272,39 @@ def _print_skip_trigrams(r: dict, heads: int = 4, rows: int = 4) -> None:
                 f"{c['effect_thief_alone']:+.2f}) takes attention {c['attention_to_source_alone']:.2f} -> "
                 f"{c['attention_to_source_with_thief']:.2f}: skip-trigram table predicts {c['skip_trigram_prediction']:.2f}, "
                 f"actual {c['actual_effect_with_both']:.2f} (gap {c['gap']:.2f} logits)", highlight=False)
+
+
+@app.command()
+@_friendly
+def reproduce(
+    preset: str = typer.Option("quick", help="'quick' (a 2-core CPU, about half an hour) or 'full' (the papers' context; many hours)."),
+    out: Optional[Path] = typer.Option(None, help="Output directory (default runs/reproduce-PRESET); finished stages in it are reused."),
+):
+    """Every experiment (circuits, induction heads, grokking), then OUT/report.html. Re-running reuses finished
+    stages and resumes interrupted training."""
+    from circuitlab.experiments.reproduce import reproduce as run_all
+
+    out = out or Path(f"runs/reproduce-{preset}")
+    t0 = time.perf_counter()
+    summary = run_all(preset, out, log=lambda s: console.print(f"[bold]{s}[/]", highlight=False))
+    t = Table(title=f"circuitlab reproduce --preset {preset}", title_justify="left")
+    for c in ("stage", "status", "seconds", "claims", "reproduced", "not reproduced", "differs"):
+        t.add_column(c)
+    for name, s in summary.items():
+        c = s["claims"]
+        t.add_row(name, s["status"], f"{s['seconds']:.0f}", str(c["total"]), str(c["reproduced"]),
+                  str(c["not reproduced"]), str(c["differs"]))
+    console.print(t)
+    console.print(f"total {time.perf_counter() - t0:.0f} s; report: {summary['report']['path']}", highlight=False)
+
+
+@app.command()
+@_friendly
+def report(out: Path = typer.Argument(..., help="A directory written by `circuitlab reproduce`.")):
+    """Build OUT/report.html: one self-contained file (plots included; opens with no network)."""
+    from circuitlab.report.build import build_report
+
+    console.print(f"wrote {build_report(out)}", highlight=False)
 
 
 experiment_app = typer.Typer(no_args_is_help=True, help="Reproduce a paper's experiment and check its claims.")

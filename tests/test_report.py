@@ -1,0 +1,142 @@
+"""The report, built from real (tiny) experiment results: self-contained, corpus strings escaped, and opened as a
+person would, in headless Chromium from file:// with no network."""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from circuitlab.data import load_corpus, prepare_tokens
+from circuitlab.experiments.circuits import analyze_run
+from circuitlab.experiments.grokking import run_grokking_experiment
+from circuitlab.experiments.induction import run_induction_experiment
+from circuitlab.model import ModelConfig
+from circuitlab.report.build import build_report, script_json
+from circuitlab.training import TrainConfig, train
+from circuitlab.training.grokking import GrokConfig
+from tests.test_induction_experiment import TINY
+
+EVIL = ["<script>window.__pwned = 1</script>", "</div></section><h1>injected", "<img src=x onerror=\"window.__pwned=2\">"]
+
+
+@pytest.fixture(scope="module")
+def results_dir(small_corpus_dir, tmp_path_factory):
+    """A directory laid out as `circuitlab reproduce` leaves it, from tiny real runs, with hostile strings planted
+    where corpus tokens appear (viewer tokens, bigram and skip-trigram tables)."""
+    out = tmp_path_factory.mktemp("reproduce")
+    corpus = {"text": str(small_corpus_dir)}
+    run_induction_experiment(TINY, out / "induction", workers=2, progress=False, corpus=corpus)
+    data = prepare_tokens(load_corpus(**corpus), 320)
+    train(ModelConfig(n_layers=0, d_model=32, n_heads=2, d_head=16, n_ctx=32, d_vocab=320),
+          TrainConfig(batch_size=8, max_steps=30, eval_every=30, log_checkpoints=2), data,
+          out / "circuits" / "attn0" / "run", progress=False)
+    analyze_run(out / "circuits" / "attn0" / "run", out / "circuits" / "attn0" / "analysis.json")
+    for n, name in (("attn1", "1L"), ("attn2", "2L")):
+        analyze_run(out / "induction" / "runs" / name, out / "circuits" / n / "analysis.json")
+    run_grokking_experiment(GrokConfig(p=13, epochs=60, checkpoint_every=20, log_every=10, d_model=32, d_mlp=64,
+                                       n_heads=2, d_head=16), out / "grokking", preset="paper", progress=False)
+    # plant hostile strings where corpus text is shown
+    ind = json.loads((out / "induction" / "results.json").read_text())
+    ind["attention_viewer"][0]["tokens"][1:4] = EVIL
+    (out / "induction" / "results.json").write_text(json.dumps(ind))
+    a0 = json.loads((out / "circuits" / "attn0" / "analysis.json").read_text())
+    a0["bigram_agreement"]["strongest"][0]["prev"] = EVIL[1]
+    a0["bigram_agreement"]["strongest"][0]["next"] = EVIL[2]
+    (out / "circuits" / "attn0" / "analysis.json").write_text(json.dumps(a0))
+    a1 = json.loads((out / "circuits" / "attn1" / "analysis.json").read_text())
+    a1["skip_trigrams"][0]["rows"][0]["source"] = EVIL[0]
+    (out / "circuits" / "attn1" / "analysis.json").write_text(json.dumps(a1))
+    return out
+
+
+def test_report_is_self_contained_and_escapes_corpus_strings(results_dir):
+    path = build_report(results_dir)
+    text = path.read_text()
+    page = text.split('<script id="figures"')[0]  # the HTML before the inlined data and scripts
+    assert "src=\"http" not in page and "href=\"http" not in page and "<link" not in page
+    tags = re.findall(r"<script[^>]*>", text)
+    assert len(tags) == 3 and not any("src=" in t for t in tags)  # data, Plotly, our viewer code: all inline
+    for evil in EVIL:
+        assert evil not in text  # neither raw in the HTML nor raw inside the JSON data
+    assert "&lt;/div&gt;&lt;/section&gt;&lt;h1&gt;injected" in text  # shown as text in the bigram table
+    for sid in ("claims", "circuits-bigram", "circuits-copying", "circuits-skip-trigrams", "circuits-composition",
+                "circuits-heads", "circuits-terms", "attention-viewer", "induction-phase", "induction-position",
+                "induction-pca", "induction-ablation", "induction-behaviours", "grokking-curves", "grokking-measures",
+                "grokking-fourier", "grokking-ablation"):
+        assert f'id="{sid}"' in text, sid
+    # every claim links to a section that exists
+    for target in set(re.findall(r'<a href="#([^"]+)">', text)):
+        assert f'id="{target}"' in text, target
+
+
+def test_script_json_cannot_close_the_script_element():
+    s = script_json({"t": "</script><script>alert(1)</script>", "x": float("nan"), "c": "<!--"})
+    assert "</" not in s and "<!--" not in s
+    assert json.loads(s) == {"t": "</script><script>alert(1)</script>", "x": None, "c": "<!--"}
+
+
+def _chrome(tmp_path: Path):
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not chromium or not driver_path:
+        pytest.skip("Chromium is not installed (`make test` installs Debian's chromium and chromium-driver with "
+                    "apt-get when it runs as root); the browser test is skipped")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    opts = Options()
+    opts.binary_location = chromium
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+              "--disable-component-update", "--disable-sync", "--disable-quic", "--window-size=1400,1000",
+              f"--user-data-dir={tmp_path / 'profile'}",
+              # no network: every request goes to a closed local port
+              "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>"):
+        opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(driver_path), options=opts)
+
+
+def test_report_in_headless_chromium(results_dir, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    path = build_report(results_dir)
+    driver = _chrome(tmp_path)
+    try:
+        driver.get(path.as_uri())
+        n_plots = len(driver.find_elements(By.CSS_SELECTOR, ".plot[data-fig]"))
+        assert n_plots >= 15
+        WebDriverWait(driver, 60).until(lambda d: d.execute_script(
+            "return document.querySelectorAll('.plot[data-fig] .main-svg').length") >= n_plots)
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+        # every plot drew something: Plotly attached its data, and the SVG has trace elements
+        empty = driver.execute_script("""
+            return Array.from(document.querySelectorAll('.plot[data-fig]')).filter(function(d){
+              return !d.data || d.data.length === 0 || !d.querySelector('.main-svg .plot, .main-svg .cartesianlayer');
+            }).map(function(d){ return d.id; });""")
+        assert not empty, empty
+        # only local resources were loaded
+        remote = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)"
+                                       ".filter(n => !/^(file|data|blob):/.test(n))")
+        assert remote == []
+        # hostile corpus strings are text: nothing ran, and they are visible as typed
+        assert driver.execute_script("return window.__pwned === undefined")
+        assert "</div></section><h1>injected" in driver.find_element(By.ID, "circuits-bigram").text
+        # the attention viewer: clicking another head changes the pattern shown
+        viewer = driver.find_element(By.ID, "viewer")
+        first = viewer.get_attribute("data-head")
+        z0 = driver.execute_script("return JSON.stringify(document.getElementById('viewer-plot').data[0].z)")
+        button = driver.find_element(By.CSS_SELECTOR, '#viewer button.head[data-layer="0"][data-head="1"]')
+        button.click()
+        WebDriverWait(driver, 10).until(lambda d: viewer.get_attribute("data-head") == "0.1")
+        z1 = driver.execute_script("return JSON.stringify(document.getElementById('viewer-plot').data[0].z)")
+        assert first != "0.1" and z1 != z0
+        assert "active" in button.get_attribute("class")
+        shot = tmp_path / "report.png"
+        driver.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+    finally:
+        driver.quit()
