@@ -140,3 +140,29 @@ def test_report_in_headless_chromium(results_dir, tmp_path):
         assert shot.stat().st_size > 10_000
     finally:
         driver.quit()
+
+
+def test_reproduce_runs_every_stage_then_reuses_them(small_corpus_dir, tmp_path, monkeypatch):
+    from circuitlab.experiments import grokking, induction, reproduce
+
+    monkeypatch.setitem(induction.PRESETS, "tiny", TINY)
+    monkeypatch.setitem(grokking.PRESETS, "tiny", dict(p=13, epochs=40, checkpoint_every=20, log_every=10, d_model=32,
+                                                      d_mlp=64, n_heads=2, d_head=16))
+    monkeypatch.setitem(reproduce.PRESETS, "tiny", reproduce.ReproducePreset("tiny", "tiny", zero_layer_tokens=8_000))
+    out, corpus = tmp_path / "r", {"text": str(small_corpus_dir)}
+    lines: list[str] = []
+    first = reproduce.reproduce("tiny", out, progress=False, log=lines.append, corpus=corpus)
+    assert [s["status"] for s in first.values()] == ["ran"] * 4
+    assert len(lines) == 4 and lines[0].startswith("[1/4] induction")
+    assert (out / "report.html").exists() and first["report"]["path"] == str(out / "report.html")
+    for n in ("attn0", "attn1", "attn2"):
+        assert json.loads((out / "circuits" / n / "analysis.json").read_text())["model"]["n_layers"] == int(n[-1])
+    assert first["circuits (Elhage et al. 2021)"]["claims"]["total"] >= 4
+    ckpts = out / "circuits" / "attn0" / "run" / "checkpoints"
+    mtimes = {p.name: p.stat().st_mtime_ns for p in ckpts.iterdir()}
+    second = reproduce.reproduce("tiny", out, progress=False, log=lines.append, corpus=corpus)
+    assert [s["status"] for s in second.values()] == ["reused"] * 3 + ["ran"]
+    assert {p.name: p.stat().st_mtime_ns for p in ckpts.iterdir()} == mtimes
+    assert {k: v["claims"] for k, v in second.items()} == {k: v["claims"] for k, v in first.items()}
+    with pytest.raises(Exception, match="unknown preset"):
+        reproduce.reproduce("nope", out)

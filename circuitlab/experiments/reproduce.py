@@ -43,7 +43,8 @@ def _finished(run_dir: Path) -> bool:
     return bool(run.checkpoints) and run.checkpoints[-1] >= run.total_steps
 
 
-def _train_attn(n_layers: int, tokens: int, run_dir: Path, like: dict | None, progress: bool) -> None:
+def _train_attn(n_layers: int, tokens: int, run_dir: Path, like: dict | None, progress: bool,
+                corpus: dict | None = None) -> None:
     """Train an attention-only model with the attnN preset's training settings (and the shared model settings of
     `like`, the induction experiment's model config, so every circuits model has the same width and vocabulary)."""
     from circuitlab.data import load_corpus, prepare_tokens
@@ -55,12 +56,13 @@ def _train_attn(n_layers: int, tokens: int, run_dir: Path, like: dict | None, pr
     p = get_preset(f"attn{n_layers}")
     m = ModelConfig(**{**p.model, **(like or {}), "n_layers": n_layers, "smeared_keys": False})
     t = TrainConfig(**{**p.train, "max_tokens": tokens, "max_steps": 0})
-    data = prepare_tokens(load_corpus("stdlib"), m.d_vocab, t.heldout_fraction)
+    data = prepare_tokens(load_corpus(**(corpus or {})), m.d_vocab, t.heldout_fraction)
     train(m, t, data, run_dir, resume=(run_dir / "run.json").exists(), progress=progress)
 
 
-def reproduce(preset: str, out: Path | str, progress: bool = True, log=print) -> dict:
-    """Run every stage; returns the summary {stage: {status, seconds, claims}} (also OUT/summary.json)."""
+def reproduce(preset: str, out: Path | str, progress: bool = True, log=print, corpus: dict | None = None) -> dict:
+    """Run every stage; returns the summary {stage: {status, seconds, claims}} (also OUT/summary.json).
+    corpus: `load_corpus` arguments for the language models (default: the embedded stdlib corpus)."""
     from circuitlab.experiments.circuits import analyze_run, circuits_claims
     from circuitlab.experiments.grokking import PRESETS as GROK_PRESETS
     from circuitlab.experiments.grokking import run_grokking_experiment
@@ -90,7 +92,7 @@ def reproduce(preset: str, out: Path | str, progress: bool = True, log=print) ->
     def induction():
         if ind_done:
             return json.loads((ind_dir / "results.json").read_text())["claims"]
-        return run_induction_experiment(p.induction, ind_dir, progress=progress)["claims"]
+        return run_induction_experiment(p.induction, ind_dir, progress=progress, corpus=corpus)["claims"]
 
     stage("induction heads (Olsson et al. 2022)", induction, ind_done)
 
@@ -103,9 +105,9 @@ def reproduce(preset: str, out: Path | str, progress: bool = True, log=print) ->
     circ_done = all((out / "circuits" / n / "analysis.json").exists() for n in runs)
 
     def circuits():
-        _train_attn(0, p.zero_layer_tokens, runs["attn0"], shared, progress)
+        _train_attn(0, p.zero_layer_tokens, runs["attn0"], shared, progress, corpus)
         for n in p.extra_layers:
-            _train_attn(n, p.extra_tokens, runs[f"attn{n}"], shared, progress)
+            _train_attn(n, p.extra_tokens, runs[f"attn{n}"], shared, progress, corpus)
         analyses = {n: analyze_run(d, out / "circuits" / n / "analysis.json") for n, d in runs.items()}
         return [c.to_json() for c in circuits_claims(analyses)]
 

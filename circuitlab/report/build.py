@@ -141,11 +141,13 @@ def circuits_sections(page: Page, an: dict[str, dict]) -> None:
                  "direct path, 1 = individual heads, 2 = virtual heads.")
 
 
-def viewer_section(page: Page, prompts: list[dict]) -> None:
-    data = [{"title": esc(p["title"]), "tokens": [esc(t) for t in p["tokens"]], "patterns": p["patterns"]}
-            for p in prompts]
-    page.figures["__viewer__"] = data
+def viewer_section(page: Page, prompts: list[dict], start_head: str | None = None) -> None:
+    """start_head: 'layer.head' shown first (the best induction head), else the last layer's head 0."""
     n_layers, n_heads = len(prompts[0]["patterns"]), len(prompts[0]["patterns"][0])
+    layer, head = map(int, (start_head or f"{n_layers - 1}.0").split("."))
+    data = [{"title": esc(p["title"]), "tokens": [esc(t) for t in p["tokens"]], "patterns": p["patterns"],
+             "start": [layer, head]} for p in prompts]
+    page.figures["__viewer__"] = data
     prompt_buttons = "".join(f'<button class="prompt" data-prompt="{i}">{esc(p["title"])}</button>'
                              for i, p in enumerate(prompts))
     head_buttons = "".join(f'<button class="head" data-layer="{l}" data-head="{h}">{l}.{h}</button>'
@@ -230,7 +232,8 @@ def build_report(out_dir: Path | str, path: Path | str | None = None) -> Path:
                  "Every headline claim checked against a measurement; the section link shows the plot behind it.")
     circuits_sections(page, res["circuits"])
     if res["induction"]:
-        viewer_section(page, res["induction"]["attention_viewer"])
+        heads = res["induction"]["models"].get("2L", {}).get("induction_heads") or [None]
+        viewer_section(page, res["induction"]["attention_viewer"], heads[0])
         induction_sections(page, res["induction"])
     if res["grokking"]:
         grokking_sections(page, res["grokking"])
@@ -262,18 +265,18 @@ button.active{background:#333;color:#fff}
 
 JS = """
 const FIGS = JSON.parse(document.getElementById('figures').textContent);
-const CONF = {displaylogo:false, responsive:true};
+const CONF = {displaylogo:false, responsive:true, displayModeBar:false};
 document.querySelectorAll('.plot[data-fig]').forEach(function(div){
   const f = FIGS[div.dataset.fig]; Plotly.newPlot(div, f.data, f.layout, CONF);
 });
 const VIEW = FIGS['__viewer__'];
 if (VIEW) {
-  const state = {p: 0, l: VIEW[0].patterns.length - 1, h: 0};
+  const state = {p: 0, l: VIEW[0].start[0], h: VIEW[0].start[1]};
   const div = document.getElementById('viewer-plot');
   function draw() {
     const pr = VIEW[state.p];
     const labels = pr.tokens.map(function(t, i){ return i + ' ' + t; });
-    const trace = {type:'heatmap', z: pr.patterns[state.l][state.h], x: labels, y: labels, colorscale:'Blues',
+    const trace = {type:'heatmap', z: pr.patterns[state.l][state.h], x: labels, y: labels, colorscale:[[0,'#ffffff'],[1,'#08306b']],
                    zmin: 0, zmax: 1, hovertemplate:'query %{y}<br>key %{x}<br>%{z:.3f}<extra></extra>'};
     const layout = {title:{text: pr.title + ': head ' + state.l + '.' + state.h, font:{size:14}},
                     yaxis:{autorange:'reversed', tickfont:{size:9}}, xaxis:{tickfont:{size:9}},

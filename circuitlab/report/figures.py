@@ -8,6 +8,7 @@ import html
 
 import numpy as np
 
+ATTENTION = [[0, "#ffffff"], [1, "#08306b"]]  # white (no attention) to dark blue
 COLOURS = {"1L": "#1f77b4", "2L": "#d62728", "3L": "#9467bd", "1L-smeared": "#17becf", "2L-smeared": "#ff7f0e"}
 
 
@@ -175,7 +176,7 @@ def induction_figures(r: dict) -> dict[str, dict]:
         b = beh.get(key)
         if b:
             labels = [f"{i}:{esc(t)}" for i, t in enumerate(b["tokens"])]
-            figs[key] = fig([{"type": "heatmap", "z": b["pattern"], "x": labels, "y": labels, "colorscale": "Blues"}],
+            figs[key] = fig([{"type": "heatmap", "z": b["pattern"], "x": labels, "y": labels, "colorscale": ATTENTION}],
                             f"{title}: head {b['best_head']} (query rows, key columns)", "key", "query", height=460,
                             yaxis={"autorange": "reversed"})
     return figs
