@@ -36,10 +36,6 @@ def analyze_run(run_dir: Path | str, out: Path | str | None = None) -> dict:
     return result
 
 
-def _heads_with(a: dict, role: str) -> list[str]:
-    return [h["head"] for h in a.get("heads", []) if role in h["roles"]]
-
-
 def circuits_claims(analyses: dict[str, dict]) -> list[Claim]:
     """analyses: {'attn0': ..., 'attn1': ..., 'attn2': ...} (any subset)."""
     claims = []
@@ -69,18 +65,23 @@ def circuits_claims(analyses: dict[str, dict]) -> list[Claim]:
     if "attn2" in analyses and "composition" in analyses["attn2"]:
         a = analyses["attn2"]
         comp = a["composition"]
-        induction, previous = _heads_with(a, "induction"), _heads_with(a, "previous-token")
         best_ind = max(a["heads"], key=lambda h: h["induction"])
         best_prev = max((h for h in a["heads"] if h["head"].startswith("0.")), key=lambda h: h["previous_token"])
         top_k = comp["k"][0] if comp["k"] else None
-        ok = top_k is not None and top_k["from"] == best_prev["head"] and top_k["to"] == best_ind["head"]
+        mech = next((m for m in a.get("induction_mechanism", []) if m["head"] == best_ind["head"]), None)
+        share = mech["k_composition_share"] if mech and mech.get("k_composes_with") == best_prev["head"] else None
+        # the pair must be the right one, and stand out: above the random baseline, or carrying most of the
+        # induction head's score margin on the target
+        pair = top_k is not None and top_k["from"] == best_prev["head"] and top_k["to"] == best_ind["head"]
+        ok = pair and (top_k["score"] > comp["random_baseline"] or (share is not None and share > 0.5))
         claims.append(Claim(
             PAPER, "Two-layer models form induction heads by K-composition with a previous-token head",
-            "the strongest K-composition pair is previous-token head → induction head",
+            "the strongest K-composition pair is previous-token head → induction head, and it stands out",
             f"strongest K-composition {top_k['from']} → {top_k['to']} ({top_k['score']:.3f}; random baseline "
             f"{comp['random_baseline']:.3f}); best previous-token head {best_prev['head']} "
-            f"({best_prev['previous_token']:.2f}), best induction head {best_ind['head']} ({best_ind['induction']:.2f}); "
-            f"heads with the roles: previous-token {', '.join(previous) or 'none'}, induction {', '.join(induction) or 'none'}"
+            f"({best_prev['previous_token']:.2f}), best induction head {best_ind['head']} ({best_ind['induction']:.2f})"
+            + (f"; {100 * share:.0f}% of {best_ind['head']}'s score margin on the target comes through "
+               f"{best_prev['head']}'s output" if share is not None else "")
             if top_k else "no composition scores", verdict(ok), "circuits-composition"))
         t = a["term_importance"]
         if len(t["improvement"]) >= 3:

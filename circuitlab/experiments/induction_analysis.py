@@ -220,8 +220,7 @@ def induction_claims(r: dict) -> list[Claim]:
         f"{100 * share:.0f}% of the change from the early level to the final ICL score (smoothed, 5 checkpoints)",
         verdict(share is not None and share > 0.75), "induction-phase"))
     pca = r["pca"]
-    in_w = wi["start"] is not None and Window(pca["pivot_tokens"], pca["pivot_tokens"], None).start is not None and \
-        overlaps(Window(pca["pivot_tokens"], pca["pivot_tokens"], None), Window(**wi))
+    in_w = overlaps(Window(pca["pivot_tokens"], pca["pivot_tokens"], None), Window(**wi))
     claims.append(Claim(
         PAPER, "The per-token-loss PCA trajectory turns at the phase change", "pivot inside the induction window",
         f"pivot at {_fmt_tokens(pca['pivot_tokens'])} tokens ({pca['examples']} held-out examples, one token each; "
