@@ -168,7 +168,7 @@ def induction_figures(r: dict) -> dict[str, dict]:
     if c and "skipped" not in c:
         toks = c["tokens"][1:]
         figs["copying"] = fig([{"type": "bar", "x": list(range(1, len(toks) + 1)), "y": c["per_token_loss"],
-                                "text": [esc(t) for t in toks], "hovertemplate": "%{text}: %{y:.2f} nats<extra></extra>"}],
+                                "text": [esc(t) for t in toks], "textposition": "none", "hovertemplate": "%{text}: %{y:.2f} nats<extra></extra>"}],
                               f"Per-token loss on the rare-identifier passage (identifier occurrences at "
                               f"{c['occurrences']}); hover for tokens", "predicted token position", "nats")
     for key, title in (("translation", "Fuzzy-induction head on the translation task"),
