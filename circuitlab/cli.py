@@ -175,20 +175,12 @@ def analyze(
     step: Optional[int] = typer.Option(None, help="Checkpoint step (default: the latest)."),
 ):
     """Read the model's circuits from its weights and attention: writes RUN/analysis.json and prints tables."""
-    import json
-
-    from circuitlab.circuits.summary import analyze_model
+    from circuitlab.experiments.circuits import analyze_run
     from circuitlab.training import Run
-    from circuitlab.training.checkpoints import atomic_write_text
 
-    run = Run.open(run_dir)
-    model = run.model(step)
-    step = step if step is not None else run.checkpoints[-1]
-    data = run.tokens()
-    decode = lambda t: data.tokenizer.decode([t])  # noqa: E731
-    result = {"run": str(run_dir), "step": step, **analyze_model(model, data.train, data.val, decode=decode)}
-    out = Path(run_dir) / ("analysis.json" if step == run.checkpoints[-1] else f"analysis-step{step}.json")
-    atomic_write_text(out, json.dumps(result, indent=2))
+    last = Run.open(run_dir).checkpoints[-1:]
+    out = Path(run_dir) / ("analysis.json" if step is None or [step] == last else f"analysis-step{step}.json")
+    result = analyze_run(run_dir, out, step, reuse=False)
     _print_analysis(result)
     console.print(f"wrote {out}")
 

@@ -3,6 +3,7 @@ whole pipeline end to end on a tiny preset (results JSON, claims, reuse of finis
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -88,7 +89,6 @@ def test_measure_checkpoint_on_a_planted_induction_head():
 def test_measure_run_measures_each_checkpoint_once(tiny_data, tiny_cfg, tmp_path):
     tcfg = TrainConfig(batch_size=4, max_steps=20, eval_every=10, checkpoint_every=10, log_checkpoints=3)
     run = train(tiny_cfg, tcfg, tiny_data, tmp_path / "run", progress=False)
-    import numpy as np
     probe = Probe.make(sample_windows(tiny_data.val, 6, tiny_cfg.n_ctx, np.random.default_rng(0), True))
     calls = []
     rows = measure_run(run, probe, tmp_path / "m.jsonl", progress=lambda: calls.append(1))

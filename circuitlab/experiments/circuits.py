@@ -14,23 +14,25 @@ from circuitlab.training.checkpoints import atomic_write_text
 PAPER = "Elhage et al. 2021"
 
 
-def analyze_run(run_dir: Path | str, out: Path | str | None = None) -> dict:
-    """Analyse a run's last checkpoint and write the result to `out` (default RUN/analysis.json); an analysis that
-    is already there for that checkpoint is reused."""
+def analyze_run(run_dir: Path | str, out: Path | str | None = None, step: int | None = None,
+                reuse: bool = True) -> dict:
+    """Analyse a run's checkpoint at `step` (default: the last) and write the result to `out` (default
+    RUN/analysis.json); with `reuse`, an analysis already there for that run and checkpoint is returned as it is."""
     from circuitlab.circuits.summary import analyze_model
     from circuitlab.training import Run
 
     run = Run.open(run_dir)
+    model = run.model(step)  # checks that the step exists
+    step = step if step is not None else run.checkpoints[-1]
     out = Path(out) if out else Path(run_dir) / "analysis.json"
-    step = run.checkpoints[-1]
-    if out.exists():
+    if reuse and out.exists():
         old = json.loads(out.read_text())
         if old.get("step") == step and old.get("run") == str(run_dir):
             return old
     data = run.tokens()
     decode = lambda t: data.tokenizer.decode([t])  # noqa: E731
     result = {"run": str(run_dir), "step": step, "tokens": step * run.train_config.batch_size * run.config.n_ctx,
-              **analyze_model(run.model(step), data.train, data.val, decode=decode)}
+              **analyze_model(model, data.train, data.val, decode=decode)}
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(result, indent=1))
     return result

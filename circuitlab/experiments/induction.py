@@ -97,7 +97,7 @@ def _train_and_measure(name: str, mcfg: dict, tcfg: dict, run_dir: str, probe_pa
         run = Run.open(run_dir)
         if run.config.to_dict() != m.to_dict() or run.train_config.to_dict() != t.to_dict():
             raise CircuitlabError(f"{run_dir} holds a run with other settings: remove it or use another --out")
-        done = bool(run.checkpoints) and run.checkpoints[-1] >= run.total_steps
+        done = run.finished
     if not done:
         data = prepare_tokens(load_corpus(**corpus), m.d_vocab, t.heldout_fraction)
         train(m, t, data, run_dir, resume=(run_dir / "run.json").exists(), progress=False)

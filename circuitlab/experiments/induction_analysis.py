@@ -66,7 +66,7 @@ def _fmt_tokens(t: int | None) -> str:
     return "–" if t is None else (f"{t / 1e6:.1f}M" if t >= 1e6 else f"{t / 1e3:.0f}k")
 
 
-def _window_text(w: dict) -> str:
+def window_text(w: dict) -> str:
     return "none found" if w["start"] is None else f"{_fmt_tokens(w['start'])}–{_fmt_tokens(w['end'])} tokens"
 
 
@@ -75,13 +75,13 @@ def analyze_ablations(run, rows: list[dict], windows: torch.Tensor, group: list[
     log-spaced over training, plus a full ablation at the last checkpoint."""
     from circuitlab.induction.ablation import ablate_heads
 
-    steps = [r["step"] for r in rows if r["step"] > 0]
-    idx = np.unique(np.round(np.geomspace(1, len(steps), points)).astype(int) - 1)
+    trained = [r for r in rows if r["step"] > 0]
+    idx = np.unique(np.round(np.geomspace(1, len(trained), points)).astype(int) - 1)
     series = []
     for i in idx:
-        step = steps[i]
-        a = ablate_heads(run.model(step), windows, group, preserve_patterns=True)
-        series.append({"step": step, "tokens": rows[[r["step"] for r in rows].index(step)]["tokens"], **a.to_json()})
+        r = trained[i]
+        a = ablate_heads(run.model(r["step"]), windows, group, preserve_patterns=True)
+        series.append({"step": r["step"], "tokens": r["tokens"], **a.to_json()})
     full = ablate_heads(run.model(), windows, group, preserve_patterns=False).to_json()
     return {"group": [f"{l}.{h}" for l, h in group], "over_training": series, "final_full": full}
 
@@ -198,20 +198,20 @@ def induction_claims(r: dict) -> list[Claim]:
     claims.append(Claim(
         PAPER, "Two-layer attention-only models form induction heads in a phase change: a narrow window of training",
         f"best induction score jumps to ≥ {INDUCTION_HEAD} within a window",
-        f"window {_window_text(wi)}; best induction score {at('2L', before_t, 'best_induction'):.3f} → "
+        f"window {window_text(wi)}; best induction score {at('2L', before_t, 'best_induction'):.3f} → "
         f"{final['best_induction']:.3f} (final, {_fmt_tokens(final['tokens'])} tokens); heads "
         f"{', '.join(two['induction_heads']) or 'none'}", verdict(jump), "induction-phase"))
     icl_ok = wl["start"] is not None and overlaps(Window(**wi), Window(**wl))
     claims.append(Claim(
         PAPER, "In-context learning improves abruptly in the same window as the induction heads form",
         "ICL-score window overlaps the induction window",
-        f"{icl_note}: {at('2L', before_t, 'icl'):.3f} → {final['icl']:.3f}; ICL window {_window_text(wl)}",
+        f"{icl_note}: {at('2L', before_t, 'icl'):.3f} → {final['icl']:.3f}; ICL window {window_text(wl)}",
         verdict(icl_ok), "induction-phase"))
     bump = r["loss_bump"]
     claims.append(Claim(
         PAPER, "The phase change shows as a bump in the loss: the 2L loss curve departs from the 1L curve",
         "loss-bump window overlaps the induction window",
-        f"L_2L − L_1L falls fastest over {_window_text(bump)}", verdict(overlaps(Window(**bump), Window(**wi))),
+        f"L_2L − L_1L falls fastest over {window_text(bump)}", verdict(overlaps(Window(**bump), Window(**wi))),
         "induction-phase"))
     share = wl["share"]
     claims.append(Claim(
@@ -239,7 +239,7 @@ def induction_claims(r: dict) -> list[Claim]:
         claims.append(Claim(
             PAPER, "Smeared keys let a one-layer model form induction heads, with a phase change",
             f"1L smeared: best induction ≥ {INDUCTION_HEAD}, with a window",
-            f"best induction {s1['curve'][-1]['best_induction']:.3f}; window {_window_text(s1['windows']['induction'])};"
+            f"best induction {s1['curve'][-1]['best_induction']:.3f}; window {window_text(s1['windows']['induction'])};"
             f" ICL {s1['curve'][-1]['icl']:.3f}", verdict(ok), "induction-controls"))
     if "2L-smeared" in m:
         s2 = m["2L-smeared"]["windows"]["induction"]
@@ -247,7 +247,7 @@ def induction_claims(r: dict) -> list[Claim]:
         claims.append(Claim(
             PAPER, "Smeared keys make a two-layer model form induction heads earlier",
             "2L-smeared window ends before the 2L window starts",
-            f"2L smeared {_window_text(s2)} vs 2L {_window_text(wi)}", verdict(ok), "induction-controls"))
+            f"2L smeared {window_text(s2)} vs 2L {window_text(wi)}", verdict(ok), "induction-controls"))
     ab = r["ablation"]
     last = ab["over_training"][-1] if ab["over_training"] else None
     if last and last["group_share"] is not None:

@@ -34,24 +34,15 @@ PRESETS = {
 }
 
 
-def _finished(run_dir: Path) -> bool:
-    from circuitlab.training import Run
-
-    if not (run_dir / "run.json").exists():
-        return False
-    run = Run.open(run_dir)
-    return bool(run.checkpoints) and run.checkpoints[-1] >= run.total_steps
-
-
 def _train_attn(n_layers: int, tokens: int, run_dir: Path, like: dict | None, progress: bool,
                 corpus: dict | None = None) -> None:
     """Train an attention-only model with the attnN preset's training settings (and the shared model settings of
     `like`, the induction experiment's model config, so every circuits model has the same width and vocabulary)."""
     from circuitlab.data import load_corpus, prepare_tokens
     from circuitlab.model import ModelConfig, get_preset
-    from circuitlab.training import TrainConfig, train
+    from circuitlab.training import Run, TrainConfig, train
 
-    if _finished(run_dir):
+    if (run_dir / "run.json").exists() and Run.open(run_dir).finished:
         return
     p = get_preset(f"attn{n_layers}")
     m = ModelConfig(**{**p.model, **(like or {}), "n_layers": n_layers, "smeared_keys": False})
@@ -87,16 +78,12 @@ def reproduce(preset: str, out: Path | str, progress: bool = True, log=print, co
                          "claims": _count(claims)}
 
     ind_dir = out / "induction"
-    ind_done = (ind_dir / "results.json").exists() and json.loads((ind_dir / "results.json").read_text())["preset"] == p.induction
+    ind_saved = _saved(ind_dir / "results.json", "preset", p.induction)
+    stage("induction heads (Olsson et al. 2022)",
+          lambda: (ind_saved or run_induction_experiment(p.induction, ind_dir, progress=progress, corpus=corpus))["claims"],
+          ind_saved is not None)
 
-    def induction():
-        if ind_done:
-            return json.loads((ind_dir / "results.json").read_text())["claims"]
-        return run_induction_experiment(p.induction, ind_dir, progress=progress, corpus=corpus)["claims"]
-
-    stage("induction heads (Olsson et al. 2022)", induction, ind_done)
-
-    shared = {k: v for k, v in IND_PRESETS[p.induction].shared_model.items()}
+    shared = dict(IND_PRESETS[p.induction].shared_model)
     runs = {"attn0": out / "circuits" / "attn0" / "run", "attn1": ind_dir / "runs" / "1L", "attn2": ind_dir / "runs" / "2L"}
     if "3L" in IND_PRESETS[p.induction].models:
         runs["attn3"] = ind_dir / "runs" / "3L"
@@ -115,21 +102,27 @@ def reproduce(preset: str, out: Path | str, progress: bool = True, log=print, co
 
     grok_dir = out / "grokking"
     grok_cfg = GrokConfig(**GROK_PRESETS[p.grokking])
-    grok_done = (grok_dir / "results.json").exists() and \
-        json.loads((grok_dir / "results.json").read_text())["config"] == grok_cfg.to_dict()
+    grok_saved = _saved(grok_dir / "results.json", "config", grok_cfg.to_dict())
+    stage("grokking (Nanda et al. 2023)",
+          lambda: (grok_saved or run_grokking_experiment(grok_cfg, grok_dir, preset=p.grokking, progress=progress))["claims"],
+          grok_saved is not None)
 
-    def grokking():
-        if grok_done:
-            return json.loads((grok_dir / "results.json").read_text())["claims"]
-        return run_grokking_experiment(grok_cfg, grok_dir, preset=p.grokking, progress=progress)["claims"]
+    def report() -> list:
+        build_report(out)
+        return []
 
-    stage("grokking (Nanda et al. 2023)", grokking, grok_done)
-
-    report_path: list[Path] = []
-    stage("report", lambda: report_path.append(build_report(out)) or [], False)
-    summary["report"]["path"] = str(report_path[0])
+    stage("report", report, False)
+    summary["report"]["path"] = str(out / "report.html")
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
     return summary
+
+
+def _saved(path: Path, key: str, expected) -> dict | None:
+    """The results a finished earlier call wrote at `path`, if they were made with the same `key` setting."""
+    if not path.exists():
+        return None
+    results = json.loads(path.read_text())
+    return results if results.get(key) == expected else None
 
 
 def _count(claims: list[dict]) -> dict:

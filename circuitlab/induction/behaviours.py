@@ -54,9 +54,10 @@ class CopyingBehaviour(Result):
 def copying_behaviour(model, tokenizer, text: str, name: str, head: tuple[int, int]) -> CopyingBehaviour:
     ids = [0] + tokenizer.encode(text).ids  # BOS first, as in training
     ids = ids[: model.cfg.n_ctx]
-    # the identifier as it appears after a space or an underscore is tokenized differently; find the commonest form
-    forms = [tokenizer.encode(f).ids for f in (name, " " + name, "_" + name[0]) if f]
-    name_ids = max(forms[:2], key=lambda f: len(_find_all(ids, f)))
+    # the identifier after a space is tokenized differently from the same text glued to '_' or '('; take the
+    # form that occurs most often in the passage
+    forms = [tokenizer.encode(f).ids for f in (name, " " + name)]
+    name_ids = max(forms, key=lambda f: len(_find_all(ids, f)))
     occ = _find_all(ids, name_ids)
     if len(occ) < 2:
         raise ValueError(f"{name!r} occurs {len(occ)} time(s) in the passage's first {model.cfg.n_ctx} tokens; need 2+")

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 from circuitlab.errors import CircuitlabError
+from circuitlab.experiments.induction_analysis import window_text
 from circuitlab.report.figures import (
     bigram_figure, composition_figures, copying_histogram, esc, grokking_figures, induction_figures,
     term_importance_figure,
@@ -165,7 +166,7 @@ def induction_sections(page: Page, r: dict) -> None:
     models = r["models"]
     wrows = [[esc(n), esc(", ".join(m["induction_heads"]) or "none"), f"{m['curve'][-1]['icl']:.3f}",
               f"{(m['curve'][-1].get('best_induction') or 0):.3f}",
-              esc(_w(m["windows"]["induction"])), esc(_w(m["windows"]["icl"]))] for n, m in models.items()]
+              esc(window_text(m["windows"]["induction"])), esc(window_text(m["windows"]["icl"]))] for n, m in models.items()]
     page.section("induction-phase", "The in-context-learning phase change",
                  f"<p>Preset <b>{esc(r['preset'])}</b>; differs from the paper:</p><ul>{differs}</ul>" +
                  table(["model", "induction heads", "final ICL", "final best induction", "induction window",
@@ -190,10 +191,6 @@ def induction_sections(page: Page, r: dict) -> None:
         if key in b:
             parts.append(page.plot(key, f.get(key)))
     page.section("induction-behaviours", "Behaviours: copying, translation, pattern matching", "".join(parts))
-
-
-def _w(w: dict) -> str:
-    return "none" if w["start"] is None else f"{w['start'] / 1e6:.2f}M–{w['end'] / 1e6:.2f}M tokens"
 
 
 def grokking_sections(page: Page, g: dict) -> None:

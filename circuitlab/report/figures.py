@@ -114,8 +114,7 @@ def induction_figures(r: dict) -> dict[str, dict]:
         "icl": fig([_curve(r, n, "icl") for n in names],
                    f"ICL score = loss(token {ip['late']}) − loss(token {ip['early']}); 2L phase-change window shaded",
                    "", "nats", xaxis=logx, shapes=shapes),
-        "induction_score": fig([_curve(r, n, "best_induction") for n in names if n in r["models"] and
-                                r["models"][n]["curve"][0].get("best_induction") is not None],
+        "induction_score": fig([_curve(r, n, "best_induction") for n in names],
                                "Best induction score (attention to the token after the earlier copy, 2 × 50 random tokens)",
                                "", "attention", xaxis=logx, shapes=shapes),
         "prefix": fig([_curve(r, n, "best_prefix_matching") for n in names],

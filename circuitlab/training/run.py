@@ -71,6 +71,12 @@ class Run:
     def total_steps(self) -> int:
         return self.train_config.total_steps(self.config.n_ctx)
 
+    @property
+    def finished(self) -> bool:
+        """Whether the run has its last checkpoint (an interrupted run is resumed with `train(..., resume=True)`)."""
+        steps = self.checkpoints
+        return bool(steps) and steps[-1] >= self.total_steps
+
     def tokens(self):
         """The run's tokenized corpus (TokenData: .train, .val), from the token cache, re-tokenized if it is gone."""
         from circuitlab.data import corpus_kwargs, load_corpus, prepare_tokens
