@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from circuitlab.circuits import copying_statistic, ov_circuit, qk_circuit
-from circuitlab.model import ModelConfig, Transformer, get_preset
+from circuitlab.model import ModelConfig, Transformer
+from circuitlab.training import get_preset
 
 
 def dense_copying(fm, n_heads: int) -> torch.Tensor:
@@ -65,13 +66,13 @@ def main() -> None:
               f"{t_low * 1e3:.2f} ms, dense {t_dense:.2f} s -> {t_dense / t_low:,.0f}x faster "
               f"(dense on {k} of {n_all} heads; max |difference| {result[name]['max_abs_difference']:.1e})")
     if run is not None:
-        from circuitlab.circuits.summary import analyze_model
+        from circuitlab.experiments.framework import analyze_model
 
         data = run.tokens()
         t0 = time.perf_counter()
         analysis = analyze_model(model, data.train, data.val, decode=lambda t: data.tokenizer.decode([t]))
         result["analyze_model_s"] = time.perf_counter() - t0
-        result["analyze_model_parts_s"] = analysis["seconds"]
+        result["analyze_model_parts_s"] = analysis.seconds
         print(f"whole analyze_model on {args.run}: {result['analyze_model_s']:.1f} s")
     out = Path(args.out or f"benchmarks/results/copying_eigen-{Path(args.run).name if args.run else args.preset}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

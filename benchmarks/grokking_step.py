@@ -23,7 +23,9 @@ import torch.nn.functional as F
 
 from circuitlab.data.modular import modular_addition
 from circuitlab.model import Transformer
-from circuitlab.training.grokking import GrokConfig, last_position_logits, make_optimizer
+from circuitlab.experiments.grokking import grokking_model
+from circuitlab.model.last_position import last_position_logits
+from circuitlab.training.loop import make_optimizer
 
 
 class PaperModel(nn.Module):
@@ -58,18 +60,20 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--out", default="benchmarks/results/grokking_step.json")
     args = ap.parse_args()
-    cfg = GrokConfig()
-    data = modular_addition(cfg.p, cfg.frac, cfg.seed)
+    preset = grokking_model()
+    mcfg, cfg = preset.configs()
+    p = preset.task["p"]
+    data = modular_addition(**preset.task)
     x, y = data.tokens[data.train], data.labels[data.train]
-    ours = Transformer(cfg.model_config())
+    ours = Transformer(mcfg)
     paper = PaperModel(ours)
-    opt_ours, _ = make_optimizer(ours, cfg)
+    opt_ours = make_optimizer(ours, cfg)
     opt_paper = torch.optim.AdamW(paper.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
     with torch.no_grad():
         assert torch.allclose(last_position_logits(ours, x), paper(x)[:, -1], atol=1e-4)
 
     def step(model, opt, logits_fn):
-        loss = F.cross_entropy(logits_fn(x)[:, : cfg.p], y)
+        loss = F.cross_entropy(logits_fn(x)[:, :p], y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -88,7 +92,7 @@ def main() -> None:
             times[name].append(args.steps / (time.perf_counter() - t0))
     eps = {k: statistics.median(v) for k, v in times.items()}
     ratio = eps["circuitlab_last_position"] / eps["paper_all_positions"]
-    result = {"epochs_per_s": eps, "speedup": ratio, "rounds": times, "batch": len(x), "p": cfg.p,
+    result = {"epochs_per_s": eps, "speedup": ratio, "rounds": times, "batch": len(x), "p": p,
               "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
     for k, v in eps.items():
         print(f"{k:26s} {v:7.1f} epochs/s  ({1e3 / v:.1f} ms/epoch)")

@@ -22,7 +22,7 @@ from circuitlab.data import load_corpus, prepare_tokens
 from circuitlab.induction.icl import icl_score
 from circuitlab.model import ModelConfig
 from circuitlab.training import TrainConfig, train
-from circuitlab.training.trainer import eval_windows
+from circuitlab.training.tasks import eval_windows
 
 
 def main() -> None:

@@ -19,11 +19,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from circuitlab.model import ModelConfig, Transformer, get_preset
+from circuitlab.model import ModelConfig, Transformer
+from circuitlab.training import get_preset
 from circuitlab.model.bridge import to_transformer_bridge
 from circuitlab.training.config import TrainConfig
 from circuitlab.training.flops import peak_matmul_flops, train_flops_per_token
-from circuitlab.training.trainer import make_optimizer
+from circuitlab.training.loop import make_optimizer
 
 
 def step_fn(model, forward_loss, optimizer, clip: float = 1.0):

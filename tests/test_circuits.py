@@ -10,6 +10,7 @@ from circuitlab.circuits import (
 )
 from circuitlab.model import ModelConfig, Transformer
 from circuitlab.model.bridge import to_transformer_bridge
+from circuitlab.heads import Head
 from tests.planted import bigram_model, copying_model, induction_model, previous_token_model
 
 
@@ -47,7 +48,7 @@ def test_bigram_agreement_of_a_planted_table():
     good = bigram_agreement(exact, stream, min_count=100)
     assert good.correlation > 0.95 and good.mean_kl < 0.01 and good.top1 == 1.0 and good.top5 == 1.0
     c = bigram_counts(stream, V)
-    assert good.strongest[0]["corpus_count"] == c[int(good.strongest[0]["prev"]), int(good.strongest[0]["next"])]
+    assert good.strongest[0].corpus_count == c[int(good.strongest[0].prev), int(good.strongest[0].next)]
     shuffled = bigram_model(torch.tensor(np.log(probs[rng.permutation(V)] + 1e-12), dtype=torch.float32))
     bad = bigram_agreement(shuffled, stream, min_count=100)
     assert bad.mean_kl > 10 * good.mean_kl + 0.1 and bad.top1 < 0.5
@@ -72,7 +73,8 @@ def test_induction_circuit_is_found_with_k_composition():
     comp = composition_scores(m)
     k = torch.nan_to_num(comp.k, nan=-1.0)
     assert k.flatten().argmax() == 0 * 4 + 0 * 2 + 2 + 1  # (0.0 -> 1.1)
-    assert comp.top("k", 1)[0] == {"from": "0.0", "to": "1.1", "score": pytest.approx(float(comp.k[0, 0, 1, 1]))}
+    top = comp.top("k", 1)[0]
+    assert (top.sender, top.receiver) == (Head(0, 0), Head(1, 1)) and top.score == pytest.approx(float(comp.k[0, 0, 1, 1]))
     # The planted maps are rank-V identities, whose normalised Frobenius score is 1/sqrt(V) (0.071 for V=200);
     # Q and V composition of the same pair are ~0 before the baseline is subtracted.
     raw_k = float(comp.k[0, 0, 1, 1]) + comp.random_baseline

@@ -60,7 +60,7 @@ def test_bad_input_is_one_clear_line(args, expected, small_corpus_dir, tmp_path)
 
 
 def test_presets_cover_the_papers_sizes():
-    from circuitlab.model import PRESETS
+    from circuitlab.training import PRESETS
 
     assert {name: p.model["n_layers"] for name, p in PRESETS.items()} == {
         "attn0": 0, "attn1": 1, "attn2": 2, "attn3": 3, "attn8": 8}

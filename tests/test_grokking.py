@@ -16,7 +16,19 @@ from circuitlab.grokking.measures import (
     cross_entropy, detect_phases, excluded_logits, frequency_ablation, gini, restricted_logits,
 )
 from circuitlab.model import Transformer
-from circuitlab.training.grokking import GrokConfig, last_position_logits, train_grokking
+from circuitlab.experiments.grokking import grokking_model
+from circuitlab.model import ModelConfig
+from circuitlab.model.last_position import last_position_logits
+from circuitlab.training import ModularAdditionTask, Run, train
+
+
+def small_model(**kw) -> ModelConfig:
+    return grokking_model(**kw).configs()[0]
+
+
+def train_grokking(out, resume=False, **kw) -> Run:
+    m, t = grokking_model(**kw).configs()
+    return train(m, t, ModularAdditionTask(**grokking_model(**kw).task), out, resume=resume, progress=False)
 
 
 def test_task_split_is_seeded_and_matches_the_paper():
@@ -38,8 +50,7 @@ def test_fourier_basis_is_orthonormal():
 
 
 def test_last_position_logits_equal_the_full_model_and_its_gradients():
-    cfg = GrokConfig(p=13, d_model=16, n_heads=2, d_head=8, d_mlp=32)
-    m = Transformer(cfg.model_config())
+    m = Transformer(small_model(p=13, d_model=16, n_heads=2, d_head=8, d_mlp=32))
     d = modular_addition(13, 0.5)
     x = d.tokens[d.train]
     torch.testing.assert_close(last_position_logits(m, x), m(x)[:, -1], rtol=1e-5, atol=1e-5)
@@ -55,8 +66,7 @@ def planted_fourier_model(p: int = 13, ks=(2, 5)) -> Transformer:
     """Embedding = cos/sin(w_k x) for the chosen k; uniform attention; each neuron linear in one feature (bias 10
     keeps the ReLU on), so every neuron is explained by exactly one planted frequency."""
     D = 2 * len(ks)
-    cfg = GrokConfig(p=p, d_model=D, n_heads=1, d_head=D, d_mlp=D)
-    m = Transformer(cfg.model_config())
+    m = Transformer(small_model(p=p, d_model=D, n_heads=1, d_head=D, d_mlp=D))
     x = torch.arange(p).double()
     with torch.no_grad():
         m.W_E.zero_(), m.W_pos.zero_()
@@ -115,19 +125,24 @@ def test_detect_phases():
 
 
 def test_grokking_training_resumes_exactly(tmp_path):
-    cfg = GrokConfig(p=13, frac=0.5, d_model=16, n_heads=2, d_head=8, d_mlp=32, epochs=40, checkpoint_every=20,
-                     log_every=10)
-    a = train_grokking(cfg, tmp_path / "a", progress=False)
-    b = train_grokking(GrokConfig(**{**cfg.to_dict(), "epochs": 20}), tmp_path / "b", progress=False)
-    b = train_grokking(cfg, tmp_path / "b", resume=True, progress=False)
+    """Full-batch modular addition through the one training loop: interrupted at epoch 20 and resumed, it ends
+    bitwise equal to the uninterrupted run, with the same metrics rows."""
+    cfg = dict(p=13, frac=0.5, d_model=16, n_heads=2, d_head=8, d_mlp=32, epochs=40, checkpoint_every=20,
+               log_every=10)
+    a = train_grokking(tmp_path / "a", **cfg)
+    train_grokking(tmp_path / "b", **{**cfg, "epochs": 20})
+    b = train_grokking(tmp_path / "b", resume=True, **cfg)
     assert b.checkpoints == a.checkpoints == [0, 20, 40]
     for (n, x), (_, y) in zip(a.model().state_dict().items(), b.model().state_dict().items()):
-        torch.testing.assert_close(x, y, rtol=0, atol=1e-6, msg=n)
-    assert [r["epoch"] for r in b.metrics] == [10, 20, 30, 40]
+        assert torch.equal(x, y), n
+    assert [r["epoch"] for r in b.metrics] == [0, 10, 20, 30, 40]
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")} for r in rows]  # noqa: E731
+    assert strip(a.metrics) == strip(b.metrics)
+    assert b.task == {"kind": "modular_addition", "p": 13, "frac": 0.5, "seed": 0}
     with pytest.raises(CircuitlabError, match="already holds"):
-        train_grokking(cfg, tmp_path / "a", progress=False)
-    with pytest.raises(CircuitlabError, match="different settings"):
-        train_grokking(GrokConfig(**{**cfg.to_dict(), "lr": 0.01}), tmp_path / "a", resume=True, progress=False)
+        train_grokking(tmp_path / "a", **cfg)
+    with pytest.raises(CircuitlabError, match="different settings.*--lr was 0.001, now 0.01"):
+        train_grokking(tmp_path / "a", resume=True, **{**cfg, "lr": 0.01})
 
 
 def test_grokking_experiment_cli(tmp_path):
@@ -142,7 +157,7 @@ def test_grokking_experiment_cli(tmp_path):
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     res = json.loads((out / "results.json").read_text())
-    assert res["config"]["p"] == 17 and res["final_epoch"] == 300
+    assert res["p"] == 17 and res["settings"]["task"]["p"] == 17 and res["final_epoch"] == 300
     assert len(res["progress_measures"]) == 7 and {"restricted_loss", "gini_W_E"} <= set(res["progress_measures"][0])
     assert {c["verdict"] for c in res["claims"]} <= {"reproduced", "not reproduced", "differs"}
     assert len(res["fourier_norms"]["W_E"]) == 17 and "Claims" in r.output

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from circuitlab.data.synthetic import pattern_task, translation_task
-from circuitlab.experiments.induction import InductionPreset, run_induction_experiment
-from circuitlab.experiments.induction_analysis import smooth
+from circuitlab.experiments.induction import InductionResults, induction_preset, run_induction_experiment
+from circuitlab.experiments.induction.analysis import smooth
 from circuitlab.induction.behaviours import translation_behaviour
 from circuitlab.induction.measure import Probe, measure_checkpoint, measure_run
 from circuitlab.model import ModelConfig
-from circuitlab.training import TrainConfig, train
-from circuitlab.training.trainer import sample_windows
+from circuitlab.training import Run, TrainConfig, train
+from circuitlab.data import sample_windows
 from tests.planted import induction_model
 
 
@@ -70,7 +70,7 @@ def test_translation_behaviour_scores_the_fuzzy_target():
     model.add_hook("blocks.1.attn.hook_pattern", oracle)
     r = translation_behaviour(model, task, n=16, seed=1)
     model.reset_hooks()
-    assert r.best_head.startswith("1.")
+    assert r.best_head.layer == 1
     assert r.best_score == pytest.approx(1.0)
     assert all(s < 0.5 for s in r.fuzzy_induction[0])
     assert r.chance < 0.2
@@ -81,9 +81,9 @@ def test_measure_checkpoint_on_a_planted_induction_head():
     windows = torch.randint(1, 200, (8, 48))
     windows[:, 0] = 0
     row = measure_checkpoint(model, Probe.make(windows))
-    assert row["best_induction"] > 0.5
-    assert row["repeat_second_half_loss"] < row["repeat_first_half_loss"]
-    assert len(row["pca_losses"]) == 8 and len(row["loss_by_position"]) == 47
+    assert row.best_induction > 0.5
+    assert row.repeat_second_half_loss < row.repeat_first_half_loss
+    assert len(row.pca_losses) == 8 and len(row.loss_by_position) == 47
 
 
 def test_measure_run_measures_each_checkpoint_once(tiny_data, tiny_cfg, tmp_path):
@@ -92,28 +92,28 @@ def test_measure_run_measures_each_checkpoint_once(tiny_data, tiny_cfg, tmp_path
     probe = Probe.make(sample_windows(tiny_data.val, 6, tiny_cfg.n_ctx, np.random.default_rng(0), True))
     calls = []
     rows = measure_run(run, probe, tmp_path / "m.jsonl", progress=lambda: calls.append(1))
-    assert [r["step"] for r in rows] == run.checkpoints and len(calls) == len(run.checkpoints)
+    assert [r.step for r in rows] == run.checkpoints and len(calls) == len(run.checkpoints)
     # an interruption that cut the last line: only that checkpoint is measured again
     lines = (tmp_path / "m.jsonl").read_text().splitlines()
     (tmp_path / "m.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20] + "\n")
     calls.clear()
     again = measure_run(run, probe, tmp_path / "m.jsonl", progress=lambda: calls.append(1))
-    assert len(calls) == 1 and [r["step"] for r in again] == run.checkpoints
-    assert again[-1]["icl"] == pytest.approx(rows[-1]["icl"])
+    assert len(calls) == 1 and [r.step for r in again] == run.checkpoints
+    assert again[-1].icl == pytest.approx(rows[-1].icl)
 
 
 def test_smooth_is_a_running_median():
     assert smooth([0, 0, 10, 0, 0, 5, 5, 5], k=3) == [0, 0, 0, 0, 0, 5, 5, 5]
 
 
-TINY = InductionPreset(
+TINY = induction_preset(
     "tiny", dict(d_model=32, n_heads=2, d_head=16, n_ctx=32, d_vocab=320, positional_embedding_type="shortformer"),
     dict(batch_size=8, lr=1e-2, warmup_steps=10, schedule="constant", eval_every=40, checkpoint_every=40,
          log_checkpoints=4),
     {"2L": dict(n_layers=2, max_tokens=40_000), "1L": dict(n_layers=1, max_tokens=40_000),
      "1L-smeared": dict(n_layers=1, smeared_keys=True, max_tokens=20_000),
      "2L-smeared": dict(n_layers=2, smeared_keys=True, max_tokens=20_000)},
-    probe_windows=16, ablation_points=2, task_steps=20, differs=["tiny test preset"],
+    ["tiny test preset"], probe_windows=16, ablation_points=2, task_steps=20,
 )
 
 
@@ -121,25 +121,28 @@ def test_induction_experiment_end_to_end_and_reuse(small_corpus_dir, tmp_path):
     out = tmp_path / "exp"
     corpus = {"text": str(small_corpus_dir)}
     r = run_induction_experiment(TINY, out, workers=2, progress=False, corpus=corpus)
-    saved = json.loads((out / "results.json").read_text())
-    assert saved["claims"] == r["claims"]
-    sections = {c["section"] for c in r["claims"]}
+    saved = InductionResults.load(out / "results.json")
+    assert saved.claims == r.claims and saved.to_json() == r.to_json()  # typed results survive the JSON round trip
+    sections = {c.section for c in r.claims}
     assert {"induction-phase", "induction-controls", "induction-pca", "induction-behaviours"} <= sections
-    assert all(c["verdict"] in ("reproduced", "not reproduced", "differs") for c in r["claims"])
-    assert set(r["models"]) == set(TINY.models)
-    two = r["models"]["2L"]
-    assert len(two["curve"]) == len(list((out / "runs" / "2L" / "checkpoints").glob("*.safetensors")))
-    assert r["icl_positions"] == {"early": 3, "late": 31, "n_ctx": 32, "note": r["icl_positions"]["note"]}
-    assert len(r["pca"]["trajectory"]) == len(two["curve"])
-    assert r["attention_viewer"][0]["tokens"][0] == "<bos>"
-    layers = r["attention_viewer"][0]["patterns"]
+    assert all(c.verdict in ("reproduced", "not reproduced", "differs") for c in r.claims)
+    assert set(r.models) == set(TINY.models)
+    two = r.models["2L"]
+    assert len(two.curve) == len(list((out / "runs" / "2L" / "checkpoints").glob("*.safetensors")))
+    assert (r.icl_positions.early, r.icl_positions.late, r.icl_positions.n_ctx) == (3, 31, 32)
+    assert len(r.pca.trajectory) == len(two.curve)
+    assert r.attention_viewer[0].tokens[0] == "<bos>"
+    layers = r.attention_viewer[0].patterns
     assert len(layers) == 2 and len(layers[0]) == 2  # [layer][head][q][k]
-    assert r["behaviours"]["translation"]["training"]["settings"]["steps"] == 20
+    assert r.behaviours.translation_training.steps == 20
+    assert Run.open(r.behaviours.translation_training.run).task["kind"] == "sequences"  # the one run format
     # a second run reuses everything: no checkpoint rewritten, no checkpoint measured again
     ckpt = out / "runs" / "2L" / "checkpoints"
     mtimes = {p.name: p.stat().st_mtime_ns for p in ckpt.iterdir()}
     measured = (out / "runs" / "2L" / "measurements.jsonl").read_text()
+    task_ckpts = {p: p.stat().st_mtime_ns for p in (out / "tasks").rglob("*.safetensors")}
     r2 = run_induction_experiment(TINY, out, workers=1, progress=False, corpus=corpus)
     assert {p.name: p.stat().st_mtime_ns for p in ckpt.iterdir()} == mtimes
     assert (out / "runs" / "2L" / "measurements.jsonl").read_text() == measured
-    assert [c["measured"] for c in r2["claims"]] == [c["measured"] for c in r["claims"]]
+    assert {p: p.stat().st_mtime_ns for p in (out / "tasks").rglob("*.safetensors")} == task_ckpts
+    assert [c.measured for c in r2.claims] == [c.measured for c in r.claims]

@@ -3,7 +3,8 @@ import torch
 from transformer_lens import ActivationCache, FactoredMatrix
 
 from circuitlab.errors import CircuitlabError
-from circuitlab.model import ModelConfig, Transformer, get_preset
+from circuitlab.model import ModelConfig, Transformer
+from circuitlab.training import get_preset
 from circuitlab.model.bridge import to_transformer_bridge
 
 CONFIGS = {

@@ -13,6 +13,7 @@ from circuitlab.circuits import (
 from circuitlab.circuits.heads import attention_patterns
 from circuitlab.model import ModelConfig, Transformer
 from circuitlab.model.bridge import to_transformer_bridge
+from circuitlab.heads import Head
 from tests.planted import copying_model, induction_model, previous_token_model, virtual_head_model
 
 
@@ -44,9 +45,9 @@ def test_skip_trigram_table_reads_a_copying_head():
     pool = torch.arange(12)
     t = skip_trigram_table(m, 0, 0, pool, n_sources=4)
     for row in t.rows:  # QK = +I and OV = +I: each token attends to itself and raises itself
-        assert row["destination_ids"][0] == row["source_id"] == row["out_ids"][0]
+        assert row.destination_ids[0] == row.source_id == row.out_ids[0]
     anti = skip_trigram_table(m, 0, 1, pool, n_sources=4)
-    assert all(row["out_ids"][0] != row["source_id"] for row in anti.rows)  # anti-copying lowers its own token
+    assert all(row.out_ids[0] != row.source_id for row in anti.rows)  # anti-copying lowers its own token
 
 
 def _factored_bug_model():
@@ -72,14 +73,14 @@ def _factored_bug_model():
 def test_skip_trigram_bug_is_found_from_the_factored_form():
     m, corpus = _factored_bug_model()
     table = skip_trigram_table(m, 0, 0, torch.arange(1, 8), n_sources=1)
-    assert table.rows[0]["source_id"] == 1
-    assert set(table.rows[0]["destination_ids"][:2]) == {2, 3} and set(table.rows[0]["out_ids"][:2]) == {4, 5}
+    assert table.rows[0].source_id == 1
+    assert set(table.rows[0].destination_ids[:2]) == {2, 3} and set(table.rows[0].out_ids[:2]) == {4, 5}
     bugs = skip_trigram_bugs(table, corpus, window=6)
     assert len(bugs) == 1
     b = bugs[0]
-    pairs = {(t["dest"], t["out"]) for t in b.intended}
-    assert pairs == {("2", "4"), ("3", "5")} and b.bug["count"] == 0
-    assert (b.bug["dest"], b.bug["out"]) in {("2", "5"), ("3", "4")}
+    pairs = {(t.dest, t.out) for t in b.intended}
+    assert pairs == {("2", "4"), ("3", "5")} and b.bug.count == 0
+    assert (b.bug.dest, b.bug.out) in {("2", "5"), ("3", "4")}
 
 
 def test_softmax_competition_breaks_the_skip_trigram_table():
@@ -108,7 +109,7 @@ def test_positional_content_split_of_planted_heads():
 def test_induction_mechanism_finds_the_planted_k_composition():
     m = induction_model()
     mech = induction_mechanism(m, 1, 1, n_tokens=20)
-    assert mech.k_composes_with == "0.0" and mech.k_composition_share > 0.95
+    assert mech.k_composes_with == Head(0, 0) and mech.k_composition_share > 0.95
     assert sum(mech.shares.values()) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="earlier layer"):
         induction_mechanism(m, 0, 0)
@@ -170,7 +171,7 @@ def test_path_analyses_run_on_a_transformer_lens_bridge():
     torch.testing.assert_close(top1_diagonal_accuracy(ov_circuit(m)), top1_diagonal_accuracy(ov_circuit(bridge)))
     ta = skip_trigram_table(m, 0, 1, torch.arange(1, 60))
     tb = skip_trigram_table(bridge, 0, 1, torch.arange(1, 60))
-    assert ta.rows[0]["out_ids"] == tb.rows[0]["out_ids"]
+    assert ta.rows[0].out_ids == tb.rows[0].out_ids
 
 
 def test_olsson_copying_score_of_planted_heads():

@@ -9,13 +9,15 @@ from pathlib import Path
 import pytest
 
 from circuitlab.data import load_corpus, prepare_tokens
-from circuitlab.experiments.circuits import analyze_run
-from circuitlab.experiments.grokking import run_grokking_experiment
+from circuitlab.experiments.framework import analyze_run, framework_claims
+from circuitlab.experiments.framework.run import FrameworkResults
+from circuitlab.experiments.grokking import grokking_preset, run_grokking_experiment
 from circuitlab.experiments.induction import run_induction_experiment
+from circuitlab.experiments.reproduce import build_report
 from circuitlab.model import ModelConfig
-from circuitlab.report.build import build_report, script_json
+from circuitlab.report.page import script_json
 from circuitlab.training import TrainConfig, train
-from circuitlab.training.grokking import GrokConfig
+from circuitlab.training.presets import ExperimentPreset
 from tests.test_induction_experiment import TINY
 
 EVIL = ["<script>window.__pwned = 1</script>", "</div></section><h1>injected", "<img src=x onerror=\"window.__pwned=2\">"]
@@ -32,11 +34,12 @@ def results_dir(small_corpus_dir, tmp_path_factory):
     train(ModelConfig(n_layers=0, d_model=32, n_heads=2, d_head=16, n_ctx=32, d_vocab=320),
           TrainConfig(batch_size=8, max_steps=30, eval_every=30, log_checkpoints=2), data,
           out / "circuits" / "attn0" / "run", progress=False)
-    analyze_run(out / "circuits" / "attn0" / "run", out / "circuits" / "attn0" / "analysis.json")
+    analyses = {"attn0": analyze_run(out / "circuits" / "attn0" / "run", out / "circuits" / "attn0" / "analysis.json")}
     for n, name in (("attn1", "1L"), ("attn2", "2L")):
-        analyze_run(out / "induction" / "runs" / name, out / "circuits" / n / "analysis.json")
-    run_grokking_experiment(GrokConfig(p=13, epochs=60, checkpoint_every=20, log_every=10, d_model=32, d_mlp=64,
-                                       n_heads=2, d_head=16), out / "grokking", preset="paper", progress=False)
+        analyses[n] = analyze_run(out / "induction" / "runs" / name, out / "circuits" / n / "analysis.json")
+    FrameworkResults("framework", "tiny", {}, framework_claims(analyses)).save(out / "circuits" / "results.json")
+    run_grokking_experiment(grokking_preset("paper", p=13, epochs=60, checkpoint_every=20, log_every=10, d_model=32,
+                                            d_mlp=64, n_heads=2, d_head=16), out / "grokking", progress=False)
     # plant hostile strings where corpus text is shown
     ind = json.loads((out / "induction" / "results.json").read_text())
     ind["attention_viewer"][0]["tokens"][1:4] = EVIL
@@ -143,26 +146,31 @@ def test_report_in_headless_chromium(results_dir, tmp_path):
 
 
 def test_reproduce_runs_every_stage_then_reuses_them(small_corpus_dir, tmp_path, monkeypatch):
-    from circuitlab.experiments import grokking, induction, reproduce
+    from circuitlab.experiments import framework, grokking, induction, reproduce
+    from circuitlab.experiments.framework.results import ModelAnalysis
 
     monkeypatch.setitem(induction.PRESETS, "tiny", TINY)
-    monkeypatch.setitem(grokking.PRESETS, "tiny", dict(p=13, epochs=40, checkpoint_every=20, log_every=10, d_model=32,
-                                                      d_mlp=64, n_heads=2, d_head=16))
-    monkeypatch.setitem(reproduce.PRESETS, "tiny", reproduce.ReproducePreset("tiny", "tiny", zero_layer_tokens=8_000))
+    monkeypatch.setitem(grokking.PRESETS, "tiny", grokking_preset("tiny", p=13, epochs=40, checkpoint_every=20,
+                                                                  log_every=10, d_model=32, d_mlp=64, n_heads=2,
+                                                                  d_head=16))
+    zero = framework.PRESETS["quick"].models["attn0"].but(train={"max_tokens": 8_000})
+    monkeypatch.setitem(framework.PRESETS, "tiny", ExperimentPreset("tiny", {"attn0": zero}))
+    monkeypatch.setitem(reproduce.PRESETS, "tiny", ExperimentPreset(
+        "tiny", settings={"induction": "tiny", "framework": "tiny", "grokking": "tiny"}))
     out, corpus = tmp_path / "r", {"text": str(small_corpus_dir)}
     lines: list[str] = []
     first = reproduce.reproduce("tiny", out, progress=False, log=lines.append, corpus=corpus)
-    assert [s["status"] for s in first.values()] == ["ran"] * 4
+    assert [s.status for s in first.values()] == ["ran"] * 4
     assert len(lines) == 4 and lines[0].startswith("[1/4] induction")
-    assert (out / "report.html").exists() and first["report"]["path"] == str(out / "report.html")
+    assert (out / "report.html").exists()
     for n in ("attn0", "attn1", "attn2"):
-        assert json.loads((out / "circuits" / n / "analysis.json").read_text())["model"]["n_layers"] == int(n[-1])
-    assert first["circuits (Elhage et al. 2021)"]["claims"]["total"] >= 4
+        assert ModelAnalysis.load(out / "circuits" / n / "analysis.json").model["n_layers"] == int(n[-1])
+    assert first["circuits (Elhage et al. 2021)"].claims["total"] >= 4
     ckpts = out / "circuits" / "attn0" / "run" / "checkpoints"
     mtimes = {p.name: p.stat().st_mtime_ns for p in ckpts.iterdir()}
     second = reproduce.reproduce("tiny", out, progress=False, log=lines.append, corpus=corpus)
-    assert [s["status"] for s in second.values()] == ["reused"] * 3 + ["ran"]
+    assert [s.status for s in second.values()] == ["reused"] * 3 + ["ran"]
     assert {p.name: p.stat().st_mtime_ns for p in ckpts.iterdir()} == mtimes
-    assert {k: v["claims"] for k, v in second.items()} == {k: v["claims"] for k, v in first.items()}
+    assert {k: v.claims for k, v in second.items()} == {k: v.claims for k, v in first.items()}
     with pytest.raises(Exception, match="unknown preset"):
         reproduce.reproduce("nope", out)

@@ -12,7 +12,7 @@ from circuitlab.errors import CircuitlabError
 from circuitlab.model import ModelConfig
 from circuitlab.training import TrainConfig, train
 from circuitlab.training.checkpoints import checkpoint_path, load_checkpoint
-from circuitlab.training.trainer import batch_at
+from circuitlab.training.tasks import batch_at
 
 
 def tcfg(**kw) -> TrainConfig:
@@ -91,12 +91,14 @@ def test_load_run_gives_config_tokenizer_metrics_and_models(tiny_data, tiny_cfg,
 
 def test_divergence_stops_and_keeps_last_good_checkpoint(tiny_data, tiny_cfg, tmp_path):
     out = tmp_path / "r"
-    train(tiny_cfg, tcfg(max_steps=8), tiny_data, out, progress=False)
+    absurd = tcfg(max_steps=16, lr=1e30, warmup_steps=1)
+    train(tiny_cfg, absurd, tiny_data, out, progress=False, stop_at=1)  # one update: still finite
     before = {p.name: digest(p) for p in (out / "checkpoints").iterdir()}
+    assert set(before) == {"step-000000000.safetensors", "step-000000001.safetensors"}
 
     # An absurd learning rate: weights overflow within a few steps and the loss stops being finite.
     with pytest.raises(CircuitlabError, match=r"training diverged at step \d+: loss (nan|inf).*last good checkpoint \(step \d+\)"):
-        train(tiny_cfg, tcfg(max_steps=16, lr=1e30, warmup_steps=1), tiny_data, out, resume=True, progress=False)
+        train(tiny_cfg, absurd, tiny_data, out, resume=True, progress=False)
     after = {p.name: digest(p) for p in (out / "checkpoints").iterdir()}
     assert {k: after[k] for k in before} == before, "checkpoints written before the divergence are untouched"
     run = circuitlab.load_run(out)
@@ -110,7 +112,7 @@ def test_existing_run_is_not_overwritten(tiny_data, tiny_cfg, tmp_path):
     before = {p.name: digest(p) for p in out.rglob("*") if p.is_file()}
     with pytest.raises(CircuitlabError, match="already holds a run"):
         train(tiny_cfg, tcfg(max_steps=4), tiny_data, out, progress=False)
-    with pytest.raises(CircuitlabError, match="model config differs"):
+    with pytest.raises(CircuitlabError, match="different settings.*--d-model was 32, now 64"):
         train(replace(tiny_cfg, d_model=64), tcfg(max_steps=8), tiny_data, out, resume=True, progress=False)
     (tmp_path / "other").mkdir()
     for i in range(3):

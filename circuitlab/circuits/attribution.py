@@ -20,7 +20,8 @@ from torch import Tensor
 
 from circuitlab.circuits.heads import repeated_random_tokens
 from circuitlab.circuits.paths import head_results, is_shortformer, score_terms
-from circuitlab.circuits.result import Result
+from circuitlab.results import Result
+from circuitlab.heads import Head
 
 POSITIONAL = 0.5  # a head whose positional share of score variance exceeds this is called positional
 
@@ -76,10 +77,10 @@ class InductionMechanism(Result):
     each part of the key explains (they sum to 1): token embedding, position, and each earlier head L.H.
     k_composes_with: the earlier head with the largest share; k_composition_share: that share."""
 
-    head: str
+    head: Head
     margin: float
     shares: dict[str, float]
-    k_composes_with: str
+    k_composes_with: Head
     k_composition_share: float
     all_earlier_heads_share: float
 
@@ -99,7 +100,7 @@ def induction_mechanism(model, layer: int, head: int, n_tokens: int = 50, batch:
     parts = {"embedding": x_tok, "position": pos.expand_as(x_tok)}
     for l in range(layer):
         for h in range(model.cfg.n_heads):
-            parts[f"{l}.{h}"] = results[l, :, :, h]
+            parts[str(Head(l, h))] = results[l, :, :, h]
     terms = score_terms(model, layer, query_in, parts)
     off = 1 if bos is not None else 0
     dest = torch.arange(off + n_tokens, off + 2 * n_tokens)
@@ -117,6 +118,6 @@ def induction_mechanism(model, layer: int, head: int, n_tokens: int = 50, batch:
     shares = {k: v / total for k, v in margins.items()}
     head_shares = {k: v for k, v in shares.items() if k not in ("embedding", "position")}
     best = max(head_shares, key=head_shares.get)
-    return InductionMechanism(head=f"{layer}.{head}", margin=total, shares=shares, k_composes_with=best,
+    return InductionMechanism(head=Head(layer, head), margin=total, shares=shares, k_composes_with=Head.parse(best),
                               k_composition_share=head_shares[best],
                               all_earlier_heads_share=sum(head_shares.values()))

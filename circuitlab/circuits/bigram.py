@@ -9,7 +9,18 @@ import numpy as np
 import torch
 
 from circuitlab.circuits.circuits import direct_path
-from circuitlab.circuits.result import Result
+from circuitlab.results import Result
+
+
+@dataclass
+class Bigram(Result):
+    """prev -> next: the model's direct-path probability and the corpus's."""
+
+    prev: str
+    next: str
+    model_prob: float
+    corpus_prob: float
+    corpus_count: int
 
 
 @dataclass
@@ -26,7 +37,7 @@ class BigramAgreement(Result):
     top5: float
     n_prev_tokens: int
     n_bigrams_compared: int
-    strongest: list[dict]
+    strongest: list[Bigram]
 
 
 def bigram_counts(tokens: np.ndarray, d_vocab: int) -> np.ndarray:
@@ -57,8 +68,7 @@ def bigram_agreement(model, tokens: np.ndarray, min_count: int = 100, decode=Non
     rows, cols = np.unravel_index(flat, model_lp.shape)
     show = decode or (lambda t: str(t))
     strongest = [
-        {"prev": show(int(prevs[i])), "next": show(int(j)), "model_prob": float(np.exp(model_lp[i, j])),
-         "corpus_prob": float(emp_p[i, j]), "corpus_count": int(c[i, j])}
+        Bigram(show(int(prevs[i])), show(int(j)), float(np.exp(model_lp[i, j])), float(emp_p[i, j]), int(c[i, j]))
         for i, j in zip(rows, cols)
     ]
     return BigramAgreement(

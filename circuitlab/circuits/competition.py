@@ -18,9 +18,10 @@ import torch
 
 from circuitlab.circuits.heads import attention_patterns
 from circuitlab.circuits.paths import head_results
-from circuitlab.circuits.result import Result
+from circuitlab.results import Result
 from circuitlab.circuits.skip_trigrams import SkipTrigramTable, centred_token_circuits
 from circuitlab.model import ModelConfig, Transformer
+from circuitlab.heads import Head
 
 
 @dataclass
@@ -28,7 +29,7 @@ class SoftmaxCompetition(Result):
     """Centred logit raise of `out` by head `head` at the destination, in each context (see module docstring);
     attention: dest -> source without and with the thief."""
 
-    head: str
+    head: Head
     source: str
     destination: str
     thief: str
@@ -60,7 +61,7 @@ def softmax_competition(model, layer: int, head: int, source: int, dest: int, th
     a_both = float(attention_patterns(model, t_both)[layer, 0, head, -1, 1])
     show = decode or str
     return SoftmaxCompetition(
-        head=f"{layer}.{head}", source=show(source), destination=show(dest), thief=show(thief), out=show(out),
+        head=Head(layer, head), source=show(source), destination=show(dest), thief=show(thief), out=show(out),
         attention_to_source_alone=a_alone, attention_to_source_with_thief=a_both, effect_source_alone=e_s,
         effect_thief_alone=e_t, skip_trigram_prediction=e_s + e_t, actual_effect_with_both=e_both,
         gap=e_s + e_t - e_both,
@@ -78,19 +79,19 @@ def competition_from_table(model, tables: list[SkipTrigramTable], pool: torch.Te
     where = lambda t: int((pool == t).nonzero()[0, 0])  # noqa: E731
     best = None
     for table in tables:
-        layer, head = map(int, table.head.split("."))
+        layer, head = table.head
         qk, ov = centred_token_circuits(model, layer, head, pool)
         for row in table.rows:
-            s, o = where(row["source_id"]), where(row["out_ids"][0])
-            for dest in row["destination_ids"]:
+            s, o = where(row.source_id), where(row.out_ids[0])
+            for dest in row.destination_ids:
                 scores = qk.A[where(dest)] @ qk.B  # [n_pool]
-                thieves = (scores > scores[s] + margin) & (pool != bos) & (pool != row["source_id"])
+                thieves = (scores > scores[s] + margin) & (pool != bos) & (pool != row.source_id)
                 if not thieves.any():
                     continue
                 idx = thieves.nonzero()[:, 0]
                 effect = (ov.A[idx] @ ov.B[:, o]).abs()
-                cand = (float(ov.A[s] @ ov.B[:, o]) - float(effect.min()), layer, head, row["source_id"], dest,
-                        int(pool[idx[effect.argmin()]]), row["out_ids"][0])
+                cand = (float(ov.A[s] @ ov.B[:, o]) - float(effect.min()), layer, head, row.source_id, dest,
+                        int(pool[idx[effect.argmin()]]), row.out_ids[0])
                 if best is None or cand[0] > best[0]:
                     best = cand
     if best is None:

@@ -17,7 +17,8 @@ import torch
 from transformer_lens import FactoredMatrix
 from transformer_lens.utilities.matrix import composition_scores as tl_composition_scores
 
-from circuitlab.circuits.result import Result
+from circuitlab.results import Result
+from circuitlab.heads import Head
 
 
 @dataclass
@@ -30,16 +31,25 @@ class CompositionScores(Result):
     v: torch.Tensor
     random_baseline: float
 
-    def top(self, mode: str, n: int = 5) -> list[dict]:
-        """The n largest scores of one mode, as {'from': 'L.H', 'to': 'L.H', 'score': x}."""
+    def top(self, mode: str, n: int = 5) -> list["CompositionEdge"]:
+        """The n largest scores of one mode, largest first."""
         s = getattr(self, mode)
         flat = torch.nan_to_num(s, nan=-float("inf")).flatten()
         out = []
         for i in flat.argsort(descending=True)[:n].tolist():
             l1, h1, l2, h2 = torch.unravel_index(torch.tensor(i), s.shape)
             if torch.isfinite(flat[i]):
-                out.append({"from": f"{l1}.{h1}", "to": f"{l2}.{h2}", "score": float(flat[i])})
+                out.append(CompositionEdge(Head(int(l1), int(h1)), Head(int(l2), int(h2)), float(flat[i])))
         return out
+
+
+@dataclass
+class CompositionEdge(Result):
+    """A composition score from a sender head's output (earlier layer) into a receiver head's Q, K or V input."""
+
+    sender: Head
+    receiver: Head
+    score: float
 
 
 @functools.lru_cache(maxsize=64)

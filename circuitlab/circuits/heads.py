@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from circuitlab.circuits.result import Result
+from circuitlab.results import Result
 
 
 def repeated_random_tokens(

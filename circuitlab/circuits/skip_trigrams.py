@@ -24,7 +24,8 @@ from torch import Tensor
 from transformer_lens import FactoredMatrix
 
 from circuitlab.circuits.circuits import row_chunks
-from circuitlab.circuits.result import Result
+from circuitlab.results import Result
+from circuitlab.heads import Head
 
 
 def centred_token_circuits(model, layer: int, head: int, pool: Tensor) -> tuple[FactoredMatrix, FactoredMatrix]:
@@ -39,12 +40,32 @@ def centred_token_circuits(model, layer: int, head: int, pool: Tensor) -> tuple[
 
 
 @dataclass
-class SkipTrigramTable(Result):
-    """For one head: rows of {source, destinations, outs, qk, ov}, the sources ranked by strongest attention score
-    plus strongest logit effect (both centred logits), each with its top destinations (QK) and top outs (OV)."""
+class SkipTrigramRow(Result):
+    """One source token's skip-trigrams: [source] ... [destinations] -> [outs], with the centred QK scores of the
+    destinations and OV effects on the outs (token strings and ids)."""
 
-    head: str
-    rows: list[dict]
+    source: str
+    source_id: int
+    destinations: list[str]
+    destination_ids: list[int]
+    qk: list[float]
+    outs: list[str]
+    out_ids: list[int]
+    ov: list[float]
+
+    @property
+    def copies(self) -> bool:
+        """Whether the source is among its own outs (a copying skip-trigram, out = source)."""
+        return self.source in self.outs
+
+
+@dataclass
+class SkipTrigramTable(Result):
+    """For one head: the sources ranked by strongest attention score plus strongest logit effect (both centred
+    logits), each with its top destinations (QK) and top outs (OV)."""
+
+    head: Head
+    rows: list[SkipTrigramRow]
 
 
 @torch.no_grad()
@@ -63,13 +84,13 @@ def skip_trigram_table(model, layer: int, head: int, pool: Tensor, decode=None, 
         row = ov.A[i] @ ov.B  # effect of source i on every out
         d_v, d_i = col.topk(n_each)
         o_v, o_i = row.topk(n_each)
-        rows.append({
-            "source": show(int(pool[i])), "source_id": int(pool[i]),
-            "destinations": [show(int(pool[j])) for j in d_i], "destination_ids": [int(pool[j]) for j in d_i],
-            "qk": d_v.tolist(),
-            "outs": [show(int(pool[j])) for j in o_i], "out_ids": [int(pool[j]) for j in o_i], "ov": o_v.tolist(),
-        })
-    return SkipTrigramTable(head=f"{layer}.{head}", rows=rows)
+        rows.append(SkipTrigramRow(
+            source=show(int(pool[i])), source_id=int(pool[i]),
+            destinations=[show(int(pool[j])) for j in d_i], destination_ids=[int(pool[j]) for j in d_i],
+            qk=d_v.tolist(), outs=[show(int(pool[j])) for j in o_i], out_ids=[int(pool[j]) for j in o_i],
+            ov=o_v.tolist(),
+        ))
+    return SkipTrigramTable(head=Head(layer, head), rows=rows)
 
 
 def skip_trigram_counts(tokens: np.ndarray, source: int, dests: list[int], outs: list[int], window: int) -> np.ndarray:
@@ -92,15 +113,26 @@ def skip_trigram_counts(tokens: np.ndarray, source: int, dests: list[int], outs:
 
 
 @dataclass
+class Trigram(Result):
+    """source ... dest -> out, with its corpus count and the head's centred QK score (dest) and OV effect (out)."""
+
+    dest: str
+    out: str
+    count: int
+    qk: float
+    ov: float
+
+
+@dataclass
 class SkipTrigramBug(Result):
     """'source ... dest_a -> out_a' and 'source ... dest_b -> out_b' are both in the corpus (counts), yet the head
     also raises 'source ... dest_a -> out_b', which the corpus never continues that way (bug_count = 0).
     qk / ov: the head's centred scores, showing the bug gets the same attention and logit raise."""
 
-    head: str
+    head: Head
     source: str
-    intended: list[dict]
-    bug: dict
+    intended: list[Trigram]
+    bug: Trigram
 
 
 @torch.no_grad()
@@ -110,8 +142,8 @@ def skip_trigram_bugs(table: SkipTrigramTable, tokens: np.ndarray, window: int, 
     show = decode or str
     found = []
     for row in table.rows:
-        D, O = row["destination_ids"], row["out_ids"]
-        c = skip_trigram_counts(tokens, row["source_id"], D, O, window)
+        D, O = row.destination_ids, row.out_ids
+        c = skip_trigram_counts(tokens, row.source_id, D, O, window)
         best = None
         for a in range(len(D)):
             for b in range(len(D)):
@@ -125,9 +157,8 @@ def skip_trigram_bugs(table: SkipTrigramTable, tokens: np.ndarray, window: int, 
                     best = (strength, a, oa, b, ob)
         if best is not None:
             _, a, oa, b, ob = best
-            trig = lambda d, o: {"dest": show(D[d]), "out": show(O[o]), "count": int(c[d, o]),
-                                 "qk": row["qk"][d], "ov": row["ov"][o]}
-            found.append(SkipTrigramBug(head=table.head, source=row["source"],
+            trig = lambda d, o: Trigram(show(D[d]), show(O[o]), int(c[d, o]), row.qk[d], row.ov[o])  # noqa: E731
+            found.append(SkipTrigramBug(head=table.head, source=row.source,
                                         intended=[trig(a, oa), trig(b, ob)], bug=trig(a, ob)))
         if len(found) >= n:
             break

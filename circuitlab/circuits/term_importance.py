@@ -20,7 +20,7 @@ from torch import Tensor
 
 from circuitlab.circuits.heads import attention_patterns
 from circuitlab.circuits.paths import check_linear_attention_only, embeddings, head_values, order_expansion
-from circuitlab.circuits.result import Result
+from circuitlab.results import Result
 
 
 @dataclass

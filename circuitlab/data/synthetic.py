@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from circuitlab.errors import CircuitlabError
+
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
           "November", "December"]
 COLOURS = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white", "pink", "brown"]
@@ -25,7 +27,7 @@ FRUITS = ["apple", "banana", "cherry", "grape", "lemon", "mango", "peach", "pear
 
 
 @dataclass
-class Task:
+class SequenceTask:
     """A sequence generator: sample(batch, generator) -> (tokens [batch, n_ctx], loss mask [batch, n_ctx - 1],
     where mask[:, i] says whether predicting token i + 1 counts)."""
 
@@ -37,9 +39,13 @@ class Task:
     def sample(self, batch: int, g: torch.Generator) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def settings(self) -> dict:
+        """The arguments of this task's factory (`make_sequence_task(name, **settings)` rebuilds it)."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
 
 @dataclass
-class TranslationTask(Task):
+class TranslationTask(SequenceTask):
     n_words: int = 32
     length: int = 20  # words per half
     n_fillers: int = 8  # filler tokens, placed at random before each half so positions say nothing
@@ -61,6 +67,9 @@ class TranslationTask(Task):
             mask[b, s2 : s2 + self.length - 1] = True  # predicting the second half's words after its first
         return (tokens, mask, starts) if return_positions else (tokens, mask)
 
+    def settings(self) -> dict:
+        return {"n_words": self.n_words, "length": self.length, "n_fillers": self.n_fillers, "max_gap": self.max_gap}
+
 
 def translation_task(n_words: int = 32, length: int = 16, n_fillers: int = 8, max_gap: int = 8) -> TranslationTask:
     vocab = (["<bos>"] + [f"w{i}" for i in range(n_words)] + [f"w{i}*" for i in range(n_words)]
@@ -70,7 +79,7 @@ def translation_task(n_words: int = 32, length: int = 16, n_fillers: int = 8, ma
 
 
 @dataclass
-class PatternTask(Task):
+class PatternTask(SequenceTask):
     n_examples: int = 12
     first: list[list[int]] = field(default_factory=list)  # token ids of each first category (months, colours)
     second: list[list[int]] = field(default_factory=list)  # (animals, fruits)
@@ -97,6 +106,9 @@ class PatternTask(Task):
         mask[:, self.colon_positions()] = True  # the prediction made at ':' is the label
         return (tokens, mask, pair) if return_pairs else (tokens, mask)
 
+    def settings(self) -> dict:
+        return {"n_examples": self.n_examples}
+
     def colon_positions(self) -> list[int]:
         return [1 + self.EXAMPLE * k + 2 for k in range(self.n_examples)]
 
@@ -111,3 +123,11 @@ def pattern_task(n_examples: int = 12) -> PatternTask:
     return PatternTask("pattern", len(words), 1 + PatternTask.EXAMPLE * n_examples, words, n_examples,
                        [group(MONTHS), group(COLOURS)], [group(ANIMALS), group(FRUITS)], ids[":"], ids["\n"],
                        group(["0", "1", "2", "3"]))
+
+
+def make_sequence_task(name: str, **settings) -> SequenceTask:
+    """A synthetic task by name ('translation' or 'pattern') with its factory's settings."""
+    factories = {"translation": translation_task, "pattern": pattern_task}
+    if name not in factories:
+        raise CircuitlabError(f"unknown synthetic task {name!r}: choose one of {', '.join(factories)}")
+    return factories[name](**settings)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from circuitlab.circuits.result import Result
+from circuitlab.results import Result
 
 
 @dataclass

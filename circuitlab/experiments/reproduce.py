@@ -1,11 +1,14 @@
-"""`circuitlab reproduce`: every experiment, then the report. Each stage reuses what a finished earlier call left in
-OUT and resumes what an interrupted one left:
+"""`circuitlab reproduce`: every experiment, then the report. It sits above the experiment folders and composes
+them; each stage reuses what a finished earlier call left in OUT and resumes what an interrupted one left:
 
 1. induction: the 1L/2L/smeared-key models (3L in full), measured over training (`experiments.induction`);
-2. circuits: a zero-layer model is trained; the 1L and 2L models of stage 1 are reused (and in full, 3L and an
-   8-layer model trained); each is analysed (`experiments.circuits`);
+2. circuits: the Framework experiment trains a zero-layer model (and in full an 8-layer one) and analyses it with
+   the 1L and 2L (3L) models of stage 1 (`experiments.framework`);
 3. grokking: modular addition (`experiments.grokking`);
-4. the report: OUT/report.html.
+4. the report: OUT/report.html, one section per experiment (`build_report`).
+
+Adding a paper: a folder under experiments/ with its presets, run, results, claims, tables and report section,
+then one stage here and one entry in SECTIONS.
 """
 
 from __future__ import annotations
@@ -16,116 +19,125 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from circuitlab.errors import CircuitlabError
+from circuitlab.experiments import framework, grokking, induction
+from circuitlab.experiments.claims import Claim
+from circuitlab.experiments.framework.report import framework_sections
+from circuitlab.experiments.grokking.report import grokking_sections
+from circuitlab.experiments.induction.presets import shared_model_settings
+from circuitlab.experiments.induction.report import induction_sections
+from circuitlab.report.page import Page, claims_table, viewer_section, write_page
+from circuitlab.results import Result, atomic_write_text
+from circuitlab.training.presets import ExperimentPreset, choose
+
+# which preset of each experiment a reproduce preset runs
+PRESETS: dict[str, ExperimentPreset] = {
+    "quick": ExperimentPreset("quick", settings={"induction": "quick", "framework": "quick", "grokking": "quick"}),
+    "full": ExperimentPreset("full", settings={"induction": "full", "framework": "full", "grokking": "paper"}),
+}
+CIRCUIT_MODELS = ("attn0", "attn1", "attn2", "attn3", "attn8")
 
 
 @dataclass
-class ReproducePreset:
-    induction: str
-    grokking: str
-    zero_layer_tokens: int  # the attn0 model's training tokens
-    extra_layers: tuple[int, ...] = ()  # further attention-only models trained for the circuits stage
-    extra_tokens: int = 0
+class StageSummary(Result):
+    status: str
+    seconds: float
+    claims: dict[str, int]
 
 
-PRESETS = {
-    "quick": ReproducePreset(induction="quick", grokking="quick", zero_layer_tokens=2_000_000),
-    "full": ReproducePreset(induction="full", grokking="paper", zero_layer_tokens=20_000_000, extra_layers=(8,),
-                            extra_tokens=100_000_000),
-}
+def _saved(cls: type[Result], path: Path, preset: str) -> Result | None:
+    """The results a finished earlier call wrote at `path`, if made with the same preset (and readable)."""
+    if not path.exists():
+        return None
+    try:
+        r = cls.load(path)
+    except CircuitlabError:
+        return None
+    return r if r.preset == preset else None
 
 
-def _train_attn(n_layers: int, tokens: int, run_dir: Path, like: dict | None, progress: bool,
-                corpus: dict | None = None) -> None:
-    """Train an attention-only model with the attnN preset's training settings (and the shared model settings of
-    `like`, the induction experiment's model config, so every circuits model has the same width and vocabulary)."""
-    from circuitlab.data import load_corpus, prepare_tokens
-    from circuitlab.model import ModelConfig, get_preset
-    from circuitlab.training import Run, TrainConfig, train
-
-    if (run_dir / "run.json").exists() and Run.open(run_dir).finished:
-        return
-    p = get_preset(f"attn{n_layers}")
-    m = ModelConfig(**{**p.model, **(like or {}), "n_layers": n_layers, "smeared_keys": False})
-    t = TrainConfig(**{**p.train, "max_tokens": tokens, "max_steps": 0})
-    data = prepare_tokens(load_corpus(**(corpus or {})), m.d_vocab, t.heldout_fraction)
-    train(m, t, data, run_dir, resume=(run_dir / "run.json").exists(), progress=progress)
-
-
-def reproduce(preset: str, out: Path | str, progress: bool = True, log=print, corpus: dict | None = None) -> dict:
-    """Run every stage; returns the summary {stage: {status, seconds, claims}} (also OUT/summary.json).
-    corpus: `load_corpus` arguments for the language models (default: the embedded stdlib corpus)."""
-    from circuitlab.experiments.circuits import analyze_run, circuits_claims
-    from circuitlab.experiments.grokking import PRESETS as GROK_PRESETS
-    from circuitlab.experiments.grokking import run_grokking_experiment
-    from circuitlab.experiments.induction import PRESETS as IND_PRESETS
-    from circuitlab.experiments.induction import run_induction_experiment
-    from circuitlab.report.build import build_report
-    from circuitlab.training.checkpoints import atomic_write_text
-    from circuitlab.training.grokking import GrokConfig
-
-    if preset not in PRESETS:
-        raise CircuitlabError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
-    p = PRESETS[preset]
+def reproduce(preset: str, out: Path | str, progress: bool = True, log=print,
+              corpus: dict | None = None) -> dict[str, StageSummary]:
+    """Run every stage; returns {stage: summary} (also OUT/summary.json). corpus: `load_corpus` arguments for the
+    language models (default: the embedded stdlib corpus)."""
+    p = choose(PRESETS, preset)
+    ind_p = choose(induction.PRESETS, p.settings["induction"], "induction preset")
+    fw_p = choose(framework.PRESETS, p.settings["framework"], "framework preset")
+    grok_p = choose(grokking.PRESETS, p.settings["grokking"], "grokking preset")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, dict] = {}
+    summary: dict[str, StageSummary] = {}
 
     def stage(name: str, fn, done: bool) -> None:
         log(f"[{len(summary) + 1}/4] {name}" + (" (finished earlier: reusing)" if done else ""))
         t0 = time.perf_counter()
         claims = fn()
-        summary[name] = {"status": "reused" if done else "ran", "seconds": round(time.perf_counter() - t0, 1),
-                         "claims": _count(claims)}
+        summary[name] = StageSummary("reused" if done else "ran", round(time.perf_counter() - t0, 1), count(claims))
 
     ind_dir = out / "induction"
-    ind_saved = _saved(ind_dir / "results.json", "preset", p.induction)
+    ind_saved = _saved(induction.InductionResults, ind_dir / "results.json", ind_p.name)
     stage("induction heads (Olsson et al. 2022)",
-          lambda: (ind_saved or run_induction_experiment(p.induction, ind_dir, progress=progress, corpus=corpus))["claims"],
+          lambda: (ind_saved or induction.run_induction_experiment(ind_p, ind_dir, progress=progress,
+                                                                     corpus=corpus)).claims,
           ind_saved is not None)
 
-    shared = dict(IND_PRESETS[p.induction].shared_model)
-    runs = {"attn0": out / "circuits" / "attn0" / "run", "attn1": ind_dir / "runs" / "1L", "attn2": ind_dir / "runs" / "2L"}
-    if "3L" in IND_PRESETS[p.induction].models:
+    runs = {"attn1": ind_dir / "runs" / "1L", "attn2": ind_dir / "runs" / "2L"}
+    if "3L" in ind_p.models:
         runs["attn3"] = ind_dir / "runs" / "3L"
-    for n in p.extra_layers:
-        runs[f"attn{n}"] = out / "circuits" / f"attn{n}" / "run"
-    circ_done = all((out / "circuits" / n / "analysis.json").exists() for n in runs)
-
-    def circuits():
-        _train_attn(0, p.zero_layer_tokens, runs["attn0"], shared, progress, corpus)
-        for n in p.extra_layers:
-            _train_attn(n, p.extra_tokens, runs[f"attn{n}"], shared, progress, corpus)
-        analyses = {n: analyze_run(d, out / "circuits" / n / "analysis.json") for n, d in runs.items()}
-        return [c.to_json() for c in circuits_claims(analyses)]
-
-    stage("circuits (Elhage et al. 2021)", circuits, circ_done)
+    fw_dir = out / "circuits"
+    fw_saved = _saved(framework.FrameworkResults, fw_dir / "results.json", fw_p.name)
+    stage("circuits (Elhage et al. 2021)",
+          lambda: (fw_saved or framework.run_framework_experiment(
+              fw_p, fw_dir, runs, like=shared_model_settings(ind_p), corpus=corpus, progress=progress)).claims,
+          fw_saved is not None)
 
     grok_dir = out / "grokking"
-    grok_cfg = GrokConfig(**GROK_PRESETS[p.grokking])
-    grok_saved = _saved(grok_dir / "results.json", "config", grok_cfg.to_dict())
+    grok_saved = _saved(grokking.GrokkingResults, grok_dir / "results.json", grok_p.name)
     stage("grokking (Nanda et al. 2023)",
-          lambda: (grok_saved or run_grokking_experiment(grok_cfg, grok_dir, preset=p.grokking, progress=progress))["claims"],
+          lambda: (grok_saved or grokking.run_grokking_experiment(grok_p, grok_dir, progress=progress)).claims,
           grok_saved is not None)
 
-    def report() -> list:
+    def report() -> list[Claim]:
         build_report(out)
         return []
 
     stage("report", report, False)
-    summary["report"]["path"] = str(out / "report.html")
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    atomic_write_text(out / "summary.json", json.dumps({k: v.to_json() for k, v in summary.items()}, indent=1))
     return summary
 
 
-def _saved(path: Path, key: str, expected) -> dict | None:
-    """The results a finished earlier call wrote at `path`, if they were made with the same `key` setting."""
-    if not path.exists():
-        return None
-    results = json.loads(path.read_text())
-    return results if results.get(key) == expected else None
+def count(claims: list[Claim]) -> dict[str, int]:
+    return {"total": len(claims), "reproduced": sum(c.verdict == "reproduced" for c in claims),
+            "not reproduced": sum(c.verdict == "not reproduced" for c in claims),
+            "differs": sum(c.verdict == "differs" for c in claims)}
 
 
-def _count(claims: list[dict]) -> dict:
-    return {"total": len(claims), "reproduced": sum(c["verdict"] == "reproduced" for c in claims),
-            "not reproduced": sum(c["verdict"] == "not reproduced" for c in claims),
-            "differs": sum(c["verdict"] == "differs" for c in claims)}
+def _read(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise CircuitlabError(f"{path} cannot be read ({e}): run `circuitlab reproduce` again") from None
+
+
+def build_report(out_dir: Path | str, path: Path | str | None = None) -> Path:
+    """Write the report (default DIR/report.html) from the results `reproduce` left in DIR; returns its path.
+    Sections read the results in their JSON form; the claims are the ones each experiment saved."""
+    out = Path(out_dir)
+    analyses = {n: _read(f) for n in CIRCUIT_MODELS if (f := out / "circuits" / n / "analysis.json").exists()}
+    results = {k: _read(f) for k in ("circuits", "induction", "grokking") if (f := out / k / "results.json").exists()}
+    if not analyses and not results:
+        raise CircuitlabError(f"{out} has no results to report: run `circuitlab reproduce --out {out}` first")
+    claims = [{"experiment": k, **c} for k, r in results.items() for c in r.get("claims", [])]
+    page = Page()
+    page.section("claims", "Claims", claims_table(claims),
+                 "Every headline claim checked against a measurement; the section link shows the plot behind it.")
+    framework_sections(page, analyses)
+    if "induction" in results:
+        ind = results["induction"]
+        heads = ind["models"].get("2L", {}).get("induction_heads") or [None]
+        viewer_section(page, ind["attention_viewer"], heads[0])
+        induction_sections(page, ind)
+    if "grokking" in results:
+        grokking_sections(page, results["grokking"])
+    return write_page(page, Path(path) if path else out / "report.html", "circuitlab: reproduced claims",
+                      "Elhage et al. 2021 (circuits), Olsson et al. 2022 (induction heads), Nanda et al. 2023 "
+                      "(grokking), measured on models trained by <code>circuitlab reproduce</code>.")

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from circuitlab.circuits.result import Result
+from circuitlab.results import Result
 from circuitlab.model.last_position import last_position_logits
 from circuitlab.grokking.fourier import (
     all_inputs, embedding_fourier_norms, fourier_2d, fourier_basis, frequency_indices, frequency_norms,

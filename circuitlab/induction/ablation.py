@@ -19,8 +19,9 @@ from torch import Tensor
 
 from circuitlab.circuits.heads import attention_patterns
 from circuitlab.circuits.paths import check_linear_attention_only, embeddings, head_values
-from circuitlab.circuits.result import Result
+from circuitlab.results import Result
 from circuitlab.induction.icl import icl_positions, loss_of_token
+from circuitlab.heads import Head
 
 
 def _per_token(logits: Tensor, tokens: Tensor) -> Tensor:
@@ -77,7 +78,7 @@ class AblationResult(Result):
     preserve_patterns: bool
     clean_icl: float
     per_head: list[list[float]]
-    group_heads: list[str]
+    group_heads: list[Head]
     group: float | None
     group_share: float | None
     heads_raising_icl: int
@@ -105,5 +106,5 @@ def ablate_heads(model, windows: Tensor, group: list[tuple[int, int]] = (), pres
     raising = sum(per_head[l][h] < 0 for l in range(len(per_head)) for h in range(len(per_head[l]))
                   if (l, h) not in in_group)
     return AblationResult(preserve_patterns=preserve_patterns, clean_icl=clean, per_head=per_head,
-                          group_heads=[f"{l}.{h}" for l, h in group], group=g, group_share=g_share,
+                          group_heads=[Head(l, h) for l, h in group], group=g, group_share=g_share,
                           heads_raising_icl=int(raising))

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 import torch
 
 from circuitlab.circuits.heads import attention_patterns
-from circuitlab.circuits.result import Result
+from circuitlab.results import Result
 from circuitlab.data.synthetic import PatternTask, TranslationTask
-from circuitlab.training.synthetic import masked_accuracy
+from circuitlab.model.loss import masked_accuracy
+from circuitlab.heads import Head
 
 
 def _best(scores: torch.Tensor) -> tuple[int, int]:
@@ -44,7 +45,7 @@ class CopyingBehaviour(Result):
     first_loss: float
     repeat_loss: float
     improvement: float
-    head: str
+    head: Head
     head_attention: float
     per_token_loss: list[float]
     pattern: list[list[float]]
@@ -73,7 +74,7 @@ def copying_behaviour(model, tokenizer, text: str, name: str, head: tuple[int, i
     return CopyingBehaviour(
         tokens=[decode(t) for t in ids], name_tokens=[decode(t) for t in name_ids], occurrences=occ,
         first_loss=float(first), repeat_loss=float(repeat), improvement=float(first - repeat),
-        head=f"{head[0]}.{head[1]}", head_attention=float(torch.stack(att).mean()),
+        head=Head(*head), head_attention=float(torch.stack(att).mean()),
         per_token_loss=loss.tolist(), pattern=pattern.tolist())
 
 
@@ -83,7 +84,7 @@ class TranslationBehaviour(Result):
     and its score; accuracy: next-word accuracy on the second half; tokens/pattern: one example for a viewer."""
 
     fuzzy_induction: list[list[float]]
-    best_head: str
+    best_head: Head
     best_score: float
     chance: float
     accuracy: float
@@ -103,7 +104,7 @@ def translation_behaviour(model, task: TranslationTask, n: int = 64, seed: int =
     chance = (1 / (q + 1).float()).mean()
     layer, head = _best(scores)
     return TranslationBehaviour(
-        fuzzy_induction=scores.tolist(), best_head=f"{layer}.{head}", best_score=float(scores[layer, head]),
+        fuzzy_induction=scores.tolist(), best_head=Head(layer, head), best_score=float(scores[layer, head]),
         chance=float(chance), accuracy=masked_accuracy(model, tokens, mask),
         tokens=[task.vocab[t] for t in tokens[0].tolist()], pattern=p[0, layer, head].tolist())
 
@@ -115,7 +116,7 @@ class PatternBehaviour(Result):
     context before ':'; accuracy: label accuracy on the same examples."""
 
     share: list[list[float]]
-    best_head: str
+    best_head: Head
     best_share: float
     uniform: float
     accuracy: float
@@ -143,6 +144,6 @@ def pattern_behaviour(model, task: PatternTask, n: int = 64, seed: int = 1) -> P
     share = torch.stack(shares).mean(0)
     layer, head = _best(share)
     return PatternBehaviour(
-        share=share.tolist(), best_head=f"{layer}.{head}", best_share=float(share[layer, head]),
+        share=share.tolist(), best_head=Head(layer, head), best_share=float(share[layer, head]),
         uniform=float(sum(uniform) / len(uniform)), accuracy=float(sum(hits) / len(hits)),
         tokens=[task.vocab[t] for t in tokens[0].tolist()], pattern=p[0, layer, head].tolist())

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from circuitlab.circuits.heads import repeated_random_tokens
-from circuitlab.circuits.result import Result
+from circuitlab.results import Result
 
 PAPER_CONTEXT, PAPER_EARLY, PAPER_LATE = 512, 50, 500
 

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from circuitlab.circuits.heads import head_scores
 from circuitlab.induction.icl import icl_score, per_token_loss, repeated_tokens_loss
+from circuitlab.results import Result
 
 
 @dataclass
@@ -38,50 +39,85 @@ class Probe:
         return cls(windows, pos, allowed)
 
 
+@dataclass
+class Measurement(Result):
+    """Everything measured at one checkpoint. Head scores are [n_layers][n_heads] (None for a 0-layer model);
+    loss_by_position[i]: mean loss of predicting token i + 2; pca_losses: the loss of one fixed token per window."""
+
+    step: int
+    tokens: int
+    heldout_loss: float
+    icl: float
+    icl_early: int
+    icl_late: int
+    early_loss: float
+    late_loss: float
+    loss_by_position: list[float]
+    pca_losses: list[float]
+    repeat_first_half_loss: float
+    repeat_second_half_loss: float
+    induction: list[list[float]] | None = None
+    duplicate_token: list[list[float]] | None = None
+    prefix_matching: list[list[float]] | None = None
+    copying: list[list[float]] | None = None
+    previous_token: list[list[float]] | None = None
+    best_induction: float | None = None
+    best_prefix_matching: float | None = None
+
+
 @torch.no_grad()
-def measure_checkpoint(model, probe: Probe) -> dict:
-    """One row of measurements (JSON-ready). Head scores are [n_layers][n_heads] lists."""
+def measure_checkpoint(model, probe: Probe, step: int = 0, tokens: int = 0) -> Measurement:
+    """One checkpoint's measurements."""
     losses = per_token_loss(model, probe.windows)
     icl = icl_score(model, probe.windows, losses)
-    row = {"heldout_loss": float(losses.mean()), "icl": icl.icl_score, "icl_early": icl.early, "icl_late": icl.late,
-           "early_loss": icl.early_loss, "late_loss": icl.late_loss, "loss_by_position": icl.loss_by_position,
-           "pca_losses": losses[torch.arange(len(losses)), probe.pca_positions].tolist()}
+    first, second = repeated_tokens_loss(model, allowed=probe.allowed)
+    m = Measurement(step=step, tokens=tokens, heldout_loss=float(losses.mean()), icl=icl.icl_score,
+                    icl_early=icl.early, icl_late=icl.late, early_loss=icl.early_loss, late_loss=icl.late_loss,
+                    loss_by_position=icl.loss_by_position,
+                    pca_losses=losses[torch.arange(len(losses)), probe.pca_positions].tolist(),
+                    repeat_first_half_loss=first, repeat_second_half_loss=second)
     if model.cfg.n_layers > 0:
         s = head_scores(model, probe.windows[:10], bos=0, allowed=probe.allowed)
         for name in ("induction", "duplicate_token", "prefix_matching", "copying", "previous_token"):
-            row[name] = getattr(s, name).tolist()
-        row["best_induction"] = float(s.induction.max())
-        row["best_prefix_matching"] = float(s.prefix_matching.max())
-    first, second = repeated_tokens_loss(model, allowed=probe.allowed)
-    row["repeat_first_half_loss"], row["repeat_second_half_loss"] = first, second
-    return row
+            setattr(m, name, getattr(s, name).tolist())
+        m.best_induction = float(s.induction.max())
+        m.best_prefix_matching = float(s.prefix_matching.max())
+    return m
 
 
-def measure_run(run, probe: Probe, path: Path | str, steps: list[int] | None = None, progress=None) -> list[dict]:
-    """Measure every checkpoint of `run` (a `training.Run`) not yet in the JSONL file at `path`; returns all rows
-    sorted by step. A row is appended as soon as it is measured, so an interrupted pass loses nothing."""
+def read_measurements(path: Path | str) -> dict[int, Measurement]:
+    """The measurements saved at `path` by step; a line cut off by an interruption is skipped (measured again)."""
     path = Path(path)
-    done = {}
+    done: dict[int, Measurement] = {}
     if path.exists():
         for line in path.read_text().splitlines():
             try:
-                r = json.loads(line)
-                done[r["step"]] = r
-            except (json.JSONDecodeError, KeyError):
-                continue  # a line cut off by an interruption: measured again below
+                m = Measurement.from_json(json.loads(line))
+                done[m.step] = m
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue
+    return done
+
+
+def measure_run(run, probe: Probe, path: Path | str, steps: list[int] | None = None,
+                progress=None) -> list[Measurement]:
+    """Measure every checkpoint of `run` (a `training.Run`) not yet in the JSONL file at `path`; returns all of them
+    sorted by step. A row is appended as soon as it is measured, so an interrupted pass loses nothing."""
+    path = Path(path)
+    done = read_measurements(path)
     todo = [s for s in (steps if steps is not None else run.checkpoints) if s not in done]
     tokens_per_step = run.train_config.batch_size * run.config.n_ctx
     with path.open("a") as f:
         for step in todo:
-            row = {"step": step, "tokens": step * tokens_per_step, **measure_checkpoint(run.model(step), probe)}
-            f.write(json.dumps(row) + "\n")
+            m = measure_checkpoint(run.model(step), probe, step, step * tokens_per_step)
+            f.write(json.dumps(m.to_json()) + "\n")
             f.flush()
-            done[step] = row
+            done[step] = m
             if progress:
                 progress()
     return [done[s] for s in sorted(done)]
 
 
-def pca_matrix(rows: list[dict]) -> np.ndarray:
+def pca_matrix(rows: list[Measurement]) -> np.ndarray:
     """[checkpoints, examples] per-token losses, for `icl.per_token_pca`."""
-    return np.asarray([r["pca_losses"] for r in rows], dtype=np.float64)
+    return np.asarray([r.pca_losses for r in rows], dtype=np.float64)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from circuitlab.circuits.result import Result
+from circuitlab.results import Result
 
 
 @dataclass

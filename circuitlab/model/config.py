@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from circuitlab.errors import CircuitlabError
+from circuitlab.results import strict_config
 
 PositionalType = Literal["standard", "shortformer"]
 InitMode = Literal["gpt2", "nanda"]
@@ -86,49 +87,4 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise CircuitlabError(
-                f"model config has unknown fields {unknown}: it was written by a newer circuitlab; upgrade circuitlab"
-            )
-        return cls(**d)
-
-
-@dataclass
-class Preset:
-    """A model size from the papers plus the training settings that suit it on a CPU."""
-
-    model: dict[str, Any]
-    train: dict[str, Any] = field(default_factory=dict)
-    about: str = ""
-
-
-def _attn(n_layers: int, about: str) -> Preset:
-    # Sizes scaled down from the Framework paper's (12 heads of 64, vocab ~50k) so that they train on a laptop CPU;
-    # shortformer positions and a BOS token at the start of every window as in the papers. See
-    # ../shared/reference/calibration.md for why lr 1e-2 and batch 8 x 128.
-    return Preset(
-        model=dict(
-            n_layers=n_layers, d_model=128, n_heads=8, d_head=16, n_ctx=128, d_vocab=2048,
-            positional_embedding_type="shortformer",
-        ),
-        train=dict(batch_size=8, lr=1e-2, warmup_steps=200, max_tokens=20_000_000),
-        about=about,
-    )
-
-
-PRESETS: dict[str, Preset] = {
-    "attn0": _attn(0, "zero-layer: logits = W_E W_U, a bigram table"),
-    "attn1": _attn(1, "one attention layer: bigrams + skip-trigrams"),
-    "attn2": _attn(2, "two attention layers: composition, induction heads"),
-    "attn3": _attn(3, "three attention layers"),
-    "attn8": _attn(8, "eight attention layers"),
-}
-
-
-def get_preset(name: str) -> Preset:
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise CircuitlabError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}") from None
+        return strict_config(cls, d, "model")

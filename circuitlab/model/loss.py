@@ -72,3 +72,24 @@ def fused_lm_cross_entropy(
     x = resid[:, :-1].reshape(-1, resid.shape[-1])
     chunk = chunk or max(1, 2**18 // W_U.shape[-1])
     return LinearCrossEntropy.apply(x, W_U, tokens[:, 1:].reshape(-1), chunk)
+
+
+def masked_cross_entropy(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"],
+                         mask: Tensor) -> Tensor:
+    """Mean next-token cross-entropy where mask is true (mask[:, i]: position i's prediction of token i + 1 counts)."""
+    return F.cross_entropy(logits[:, :-1][mask].float(), tokens[:, 1:][mask])
+
+
+@torch.no_grad()
+def masked_accuracy(model, tokens: Tensor, mask: Tensor) -> float:
+    """Share of the masked next-token predictions that are right."""
+    pred = model(tokens)[:, :-1].argmax(-1)
+    return float((pred == tokens[:, 1:])[mask].float().mean())
+
+
+def modular_loss_and_accuracy(logits: Float[Tensor, "batch d_vocab"], labels: Tensor, p: int) -> tuple[Tensor, float]:
+    """Cross-entropy over the p answers in float64, as the grokking paper's code computes it (Nanda et al. 2023):
+    once the training set is memorised the loss is ~1e-7, where float32 log-softmax rounds and the updates turn
+    into periodic loss spikes. The '=' column of W_U is never a target (as if d_vocab_out = p)."""
+    logits = logits[:, :p].double()
+    return F.cross_entropy(logits, labels), float((logits.argmax(-1) == labels).float().mean())

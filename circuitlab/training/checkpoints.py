@@ -7,9 +7,7 @@ RUN/optimizer.safetensors                    AdamW state of the latest checkpoin
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
@@ -18,25 +16,9 @@ from safetensors.torch import load_file, save_file, safe_open
 
 from circuitlab.errors import CircuitlabError
 from circuitlab.model import ModelConfig, Transformer
+from circuitlab.results import atomic_write
 
 CKPT_RE = re.compile(r"step-(\d{9})\.safetensors$")
-
-
-def atomic_write(path: Path, write) -> None:
-    """write(tmp_path) then rename over `path`, so a crash never leaves a half-written file in its place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:

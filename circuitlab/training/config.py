@@ -1,4 +1,4 @@
-"""Training configuration."""
+"""Training configuration: the one loop's optimiser, schedule, length, evaluation and checkpoint settings."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any, Literal
 import numpy as np
 
 from circuitlab.errors import CircuitlabError
+from circuitlab.results import strict_config
 
 
 @dataclass
@@ -17,9 +18,14 @@ class TrainConfig:
     batch_size: int = 8
     lr: float = 1e-2
     warmup_steps: int = 200
+    # False: step s of the warm-up has lr * (s + 1) / warmup_steps; True: lr * min(s / warmup_steps, 1), so the
+    # first update has lr 0 (torch's LambdaLR as the grokking paper's code uses it)
+    warmup_from_zero: bool = False
     schedule: Literal["cosine", "constant"] = "cosine"
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at the last step
-    weight_decay: float = 0.01  # applied to matrices only (not biases, LayerNorm, smear alpha)
+    weight_decay: float = 0.01
+    decay: Literal["matrices", "all"] = "matrices"  # matrices: not biases, LayerNorm, smear alpha (nanoGPT's grouping)
+    fused_optimizer: bool = True  # torch's fused AdamW kernel (False: its per-parameter loop, torch's default)
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0 disables clipping
@@ -44,6 +50,8 @@ class TrainConfig:
             problems.append("lr must be > 0")
         if self.schedule not in ("cosine", "constant"):
             problems.append(f"schedule must be 'cosine' or 'constant' (got {self.schedule!r})")
+        if self.decay not in ("matrices", "all"):
+            problems.append(f"decay must be 'matrices' or 'all' (got {self.decay!r})")
         if self.autocast not in ("none", "bf16"):
             problems.append(f"autocast must be 'none' or 'bf16' (got {self.autocast!r})")
         if not 0 < self.heldout_fraction < 1:
@@ -58,6 +66,8 @@ class TrainConfig:
 
     def lr_at(self, step: int, total: int) -> float:
         """Linear warm-up over warmup_steps, then constant or cosine down to lr * min_lr_ratio."""
+        if self.warmup_from_zero and 0 < self.warmup_steps and step <= self.warmup_steps:
+            return self.lr * min(step / self.warmup_steps, 1.0)
         if step < self.warmup_steps:
             return self.lr * (step + 1) / self.warmup_steps
         if self.schedule == "constant":
@@ -76,5 +86,4 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return strict_config(cls, d, "training")

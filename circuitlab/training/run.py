@@ -1,7 +1,7 @@
-"""A training run directory, as analyses see it.
+"""A training run directory, the one run format of every task, as analyses see it.
 
-RUN/run.json          model config, training config, data summary
-RUN/tokenizer.json    the run's tokenizer (Hugging Face `tokenizers` format)
+RUN/run.json          model config, training config, task (what identifies the data), data summary
+RUN/tokenizer.json    the run's tokenizer (language-model tasks; Hugging Face `tokenizers` format)
 RUN/metrics.jsonl     one JSON row per evaluation
 RUN/checkpoints/      step-XXXXXXXXX.safetensors
 RUN/optimizer.safetensors
@@ -35,12 +35,27 @@ def read_metrics(path: Path) -> list[dict]:
     return rows
 
 
+# Training settings that may change when a run is resumed: they do not change the trajectory up to the resume point.
+RESUMABLE = frozenset({"max_tokens", "max_steps", "eval_every", "checkpoint_every", "log_checkpoints", "device"})
+
+
+def resume_clash(run: "Run", model_cfg: ModelConfig, train_cfg: TrainConfig) -> str:
+    """What differs between a saved run's settings and the ones asked for, outside RESUMABLE ('' when nothing):
+    the one check every command that resumes a run goes through."""
+    saved_m, asked_m = run.config.to_dict(), model_cfg.to_dict()
+    saved_t, asked_t = run.train_config.to_dict(), train_cfg.to_dict()
+    diff = [(k, saved_m[k], asked_m[k]) for k in saved_m if saved_m[k] != asked_m[k]]
+    diff += [(k, saved_t[k], asked_t[k]) for k in saved_t if k not in RESUMABLE and saved_t[k] != asked_t[k]]
+    return ", ".join(f"--{k.replace('_', '-')} was {a!r}, now {b!r}" for k, a, b in diff)
+
+
 @dataclass
 class Run:
     path: Path
     config: ModelConfig
     train_config: TrainConfig
     data: dict
+    task: dict
 
     @classmethod
     def open(cls, path: str | Path) -> "Run":
@@ -50,8 +65,11 @@ class Run:
             raise CircuitlabError(f"{path} is not a circuitlab run (no run.json): train one with `circuitlab train --out {path}`")
         try:
             d = json.loads(meta.read_text())
-            return cls(path, ModelConfig.from_dict(d["model"]), TrainConfig.from_dict(d["train"]), d.get("data", {}))
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            # runs written before tasks existed are language-model runs
+            task = d.get("task") or {"kind": "language_model", "corpus": d.get("data", {}).get("corpus", "stdlib")}
+            return cls(path, ModelConfig.from_dict(d["model"]), TrainConfig.from_dict(d["train"]), d.get("data", {}),
+                       task)
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
             raise CircuitlabError(f"{meta} is damaged ({e}): the run cannot be read; train it again") from None
 
     @cached_property
@@ -77,10 +95,26 @@ class Run:
         steps = self.checkpoints
         return bool(steps) and steps[-1] >= self.total_steps
 
+    def with_flags(self, model_flags: dict, train_flags: dict) -> tuple[ModelConfig, TrainConfig]:
+        """The run's configs with the given fields replaced (what a resume was asked for; `train` then refuses the
+        ones outside RESUMABLE). A new --max-tokens without --max-steps replaces a saved step count."""
+        train = self.train_config.to_dict() | train_flags
+        if "max_tokens" in train_flags and "max_steps" not in train_flags:
+            train["max_steps"] = 0
+        return ModelConfig(**(self.config.to_dict() | model_flags)), TrainConfig(**train)
+
+    def task_object(self):
+        """The run's training task, rebuilt from run.json (a language-model task re-reads its corpus)."""
+        from circuitlab.training.tasks import task_from_spec
+
+        return task_from_spec(self.task, self.tokens() if self.task.get("kind") == "language_model" else None)
+
     def tokens(self):
         """The run's tokenized corpus (TokenData: .train, .val), from the token cache, re-tokenized if it is gone."""
         from circuitlab.data import corpus_kwargs, load_corpus, prepare_tokens
 
+        if self.task.get("kind") != "language_model":
+            raise CircuitlabError(f"run {self.path} is a {self.task.get('kind')} run: it has no corpus")
         spec = self.data.get("corpus", "stdlib")
         data = prepare_tokens(load_corpus(**corpus_kwargs(spec)), self.config.d_vocab, self.train_config.heldout_fraction)
         if self.tokenizer is not None and data.tokenizer.to_str() != self.tokenizer.to_str():

@@ -1,0 +1,182 @@
+"""Analysis of the induction-heads experiment's measured runs: phase-change windows, controls, per-token-loss PCA,
+ablations over checkpoints, behaviours and attention-viewer data (Olsson et al. 2022)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from circuitlab.experiments.induction.claims import induction_claims
+from circuitlab.experiments.induction.results import (
+    AblationPoint, Ablations, Behaviours, CurvePoint, FinalScores, ICLPositions, InductionResults, LossByPosition,
+    ModelCurves, PCAResult, PhaseWindows, TaskTraining, TrainLossPoint, ViewerPrompt,
+)
+from circuitlab.heads import Head, induction_heads
+from circuitlab.induction.icl import icl_positions, per_token_pca, pca_pivot
+from circuitlab.induction.measure import Measurement, pca_matrix, read_measurements
+from circuitlab.induction.phase import Window, jump_window, loss_bump
+from circuitlab.training import Run
+from circuitlab.training.presets import ExperimentPreset
+
+from circuitlab.experiments.induction.claims import COPYING_NAME
+COPYING_PASSAGE = (
+    "def load_zorblax_quintile(path):\n"
+    '    """Read a zorblax_quintile table from path."""\n'
+    "    with open(path) as f:\n"
+    "        zorblax_quintile = parse(f.read())\n"
+    "    return zorblax_quintile\n"
+)
+
+
+def read_rows(run_dir: Path) -> list[Measurement]:
+    done = read_measurements(run_dir / "measurements.jsonl")
+    return [done[s] for s in sorted(done)]
+
+
+def smooth(values: list[float], k: int = 5) -> list[float]:
+    """Centred running median over k points (the per-checkpoint measurements are noisy)."""
+    v = np.asarray(values, dtype=float)
+    h = k // 2
+    return [float(np.median(v[max(0, i - h) : i + h + 1])) for i in range(len(v))]
+
+
+def row_heads(row: Measurement) -> list[Head]:
+    """The induction heads of one checkpoint (`circuitlab.heads.induction_heads`)."""
+    return induction_heads(torch.tensor(row.induction)) if row.induction is not None else []
+
+
+def value_at(rows: list, tokens: int | None, key: str):
+    """`key` of the row (Measurement or CurvePoint) nearest to `tokens` seen."""
+    if tokens is None:
+        return None
+    return getattr(min(rows, key=lambda r: abs(r.tokens - tokens)), key)
+
+
+def phase_windows(rows: list[Measurement]) -> PhaseWindows:
+    t = [r.tokens for r in rows]
+    has_heads = rows[0].best_induction is not None
+    ind = jump_window(t, smooth([r.best_induction for r in rows])) if has_heads else Window(None, None, None)
+    icl = jump_window(t, smooth([r.icl for r in rows]), increasing=False)
+    return PhaseWindows(ind, icl)
+
+
+def analyze_ablations(run: Run, rows: list[Measurement], windows: torch.Tensor, group: list[Head],
+                      points: int) -> Ablations:
+    """Pattern-preserving ablation of every head (and of the induction-head group) at `points` checkpoints
+    log-spaced over training, plus a full ablation at the last checkpoint."""
+    from circuitlab.induction.ablation import ablate_heads
+
+    trained = [r for r in rows if r.step > 0]
+    idx = np.unique(np.round(np.geomspace(1, len(trained), points)).astype(int) - 1)
+    series = []
+    for i in idx:
+        r = trained[i]
+        a = ablate_heads(run.model(r.step), windows, group, preserve_patterns=True)
+        series.append(AblationPoint(**vars(a), step=r.step, tokens=r.tokens))
+    full = ablate_heads(run.model(), windows, group, preserve_patterns=False)
+    return Ablations(group, series, full)
+
+
+def _task_model(out: Path, task, model_cfg, steps: int):
+    """Train (or reuse) a small model on a synthetic task with the one training loop; returns (model, training)."""
+    from circuitlab.training import SequenceTaskTraining, TrainConfig, train
+
+    run_dir = out / "tasks" / task.name
+    cfg = TrainConfig(batch_size=32, lr=3e-3, warmup_steps=100, schedule="constant", beta2=0.98, max_steps=steps,
+                      eval_every=100, checkpoint_every=steps, log_checkpoints=0)
+    exists = (run_dir / "run.json").exists()
+    run = Run.open(run_dir) if exists and Run.open(run_dir).finished else \
+        train(model_cfg, cfg, SequenceTaskTraining(task), run_dir, resume=exists, progress=False)
+    return run.model(), TaskTraining(str(run_dir), steps, run.metrics)
+
+
+def behaviours(out: Path, run: Run, head: Head | None, task_steps: int) -> Behaviours:
+    from circuitlab.data.synthetic import pattern_task, translation_task
+    from circuitlab.induction.behaviours import copying_behaviour, pattern_behaviour, translation_behaviour
+    from circuitlab.model import ModelConfig
+
+    copying, skipped = None, "no induction head to examine"
+    if head is not None:
+        try:
+            copying, skipped = copying_behaviour(run.model(), run.tokenizer, COPYING_PASSAGE, COPYING_NAME, head), None
+        except ValueError as e:  # the passage does not fit a tiny context
+            skipped = str(e)
+    small = dict(n_layers=2, d_model=64, n_heads=4, d_head=16)
+    task = translation_task()
+    model, t_info = _task_model(out, task, ModelConfig(**small, n_ctx=task.n_ctx, d_vocab=task.d_vocab), task_steps)
+    translation = translation_behaviour(model, task)
+    task = pattern_task()
+    model, p_info = _task_model(out, task, ModelConfig(**small, n_ctx=task.n_ctx, d_vocab=task.d_vocab,
+                                                        smeared_keys=True), 2 * task_steps)
+    return Behaviours(translation, t_info, pattern_behaviour(model, task), p_info, copying, skipped)
+
+
+@torch.no_grad()
+def attention_viewer(run: Run, windows: torch.Tensor, copy_text: str) -> list[ViewerPrompt]:
+    """Prompts for the report's attention viewer: held-out text repeated, and the rare-identifier passage; every
+    head's pattern, rounded to 3 decimals."""
+    from circuitlab.circuits.heads import attention_patterns
+
+    model, tok = run.model(), run.tokenizer
+    decode = lambda t: "<bos>" if t == 0 else tok.decode([int(t)])  # noqa: E731
+    half = windows[0, 1 : 1 + min(30, (model.cfg.n_ctx - 1) // 2)]
+    prompts = [("held-out text, repeated", torch.cat([torch.zeros(1, dtype=torch.long), half, half])[None]),
+               ("rare identifier, repeated", torch.tensor([[0] + tok.encode(copy_text).ids[: model.cfg.n_ctx - 1]]))]
+    out = []
+    for title, tokens in prompts:
+        p = attention_patterns(model, tokens)[:, 0]  # [layer, head, q, k]
+        out.append(ViewerPrompt(title, [decode(t) for t in tokens[0].tolist()], np.round(p.numpy(), 3).tolist()))
+    return out
+
+
+def model_curves(run: Run, rows: list[Measurement]) -> ModelCurves:
+    final = rows[-1]
+    return ModelCurves(
+        config=run.config.to_dict(), train=run.train_config.to_dict(),
+        curve=[CurvePoint(r.tokens, r.step, r.heldout_loss, r.icl, r.best_induction, r.best_prefix_matching,
+                          r.repeat_first_half_loss, r.repeat_second_half_loss) for r in rows],
+        train_loss=[TrainLossPoint(m["tokens"], m["train_loss"]) for m in run.metrics if m.get("train_loss") is not None],
+        final=FinalScores(final.induction, final.prefix_matching, final.copying, final.previous_token,
+                          final.duplicate_token, final.icl, final.heldout_loss, final.tokens),
+        induction_heads=row_heads(final), windows=phase_windows(rows))
+
+
+def analyze_induction(preset: ExperimentPreset, out: Path) -> InductionResults:
+    from safetensors.torch import load_file
+
+    runs = {n: Run.open(out / "runs" / n) for n in preset.models}
+    rows = {n: read_rows(out / "runs" / n) for n in runs}
+    probe = load_file(str(out / "probe.safetensors"))
+    n_ctx = runs[next(iter(runs))].config.n_ctx
+    early, late = icl_positions(n_ctx)
+    models = {n: model_curves(runs[n], rs) for n, rs in rows.items()}
+    main = "2L"
+    r2 = rows[main]
+    w = models[main].windows
+    bump = loss_bump([r.tokens for r in rows["1L"]], smooth([r.heldout_loss for r in rows["1L"]]),
+                     [r.tokens for r in r2], smooth([r.heldout_loss for r in r2]))
+    traj, var = per_token_pca(pca_matrix(r2))
+    pivot = pca_pivot(traj)
+    # loss by position at three moments: before the window, after it, and at the end
+    moments = {"start": r2[1].tokens, "before": w.induction.start, "after": w.induction.end, "final": r2[-1].tokens}
+    moments = {k: t for k, t in moments.items() if t is not None}
+    by_pos = {n: {k: value_at(rows[n], t, "loss_by_position") for k, t in moments.items()} for n in ("1L", main)}
+    group = row_heads(r2[-1])
+    windows = probe["windows"][:512]
+    ablation = analyze_ablations(runs[main], r2, windows, group, preset.settings["ablation_points"])
+    final_induction = torch.tensor(r2[-1].induction)
+    head = max(group, key=lambda hd: float(final_induction[hd])) if group else None
+    result = InductionResults(
+        experiment="induction", preset=preset.name, differs_from_paper=list(preset.differs),
+        icl_positions=ICLPositions(early, late, n_ctx,
+                                   f"ICL score = loss of token {late} - loss of token {early} (paper: 500 and 50 of 512)"),
+        models=models, loss_bump=bump,
+        pca=PCAResult(traj.tolist(), var.tolist(), pivot, r2[pivot].tokens, [r.tokens for r in r2], len(r2[0].pca_losses)),
+        loss_by_position=LossByPosition(moments, by_pos), ablation=ablation,
+        behaviours=behaviours(out, runs[main], head, preset.settings["task_steps"]),
+        attention_viewer=attention_viewer(runs[main], probe["windows"], COPYING_PASSAGE),
+    )
+    result.claims = induction_claims(result)
+    return result

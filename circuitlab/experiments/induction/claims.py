@@ -1,0 +1,130 @@
+"""The induction-heads paper's claims (Olsson et al. 2022), judged on the experiment's typed results."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from circuitlab.experiments.claims import Claim, verdict
+from circuitlab.heads import INDUCTION
+from circuitlab.induction.phase import Window, overlaps
+
+if TYPE_CHECKING:
+    from circuitlab.experiments.induction.results import InductionResults
+
+PAPER = "Olsson et al. 2022"
+COPYING_NAME = "zorblax_quintile"
+
+
+def fmt_tokens(t: int | None) -> str:
+    return "–" if t is None else (f"{t / 1e6:.1f}M" if t >= 1e6 else f"{t / 1e3:.0f}k")
+
+
+def window_text(w: Window) -> str:
+    return "none found" if w.start is None else f"{fmt_tokens(w.start)}–{fmt_tokens(w.end)} tokens"
+
+
+def _at(curve, tokens: int | None, key: str):
+    if tokens is None:
+        return None
+    return getattr(min(curve, key=lambda r: abs(r.tokens - tokens)), key)
+
+
+def induction_claims(r: "InductionResults") -> list[Claim]:
+    m, icl_note = r.models, f"ICL = loss(token {r.icl_positions.late}) − loss(token {r.icl_positions.early})"
+    two = m["2L"]
+    curve = two.curve
+    wi, wl = two.windows.induction, two.windows.icl
+    before_t = wi.start if wi.start is not None else curve[1].tokens
+    final = curve[-1]
+    claims = []
+    jump = wi.start is not None and final.best_induction >= INDUCTION
+    claims.append(Claim(
+        PAPER, "Two-layer attention-only models form induction heads in a phase change: a narrow window of training",
+        f"best induction score jumps to ≥ {INDUCTION} within a window",
+        f"window {window_text(wi)}; best induction score {_at(curve, before_t, 'best_induction'):.3f} → "
+        f"{final.best_induction:.3f} (final, {fmt_tokens(final.tokens)} tokens); heads "
+        f"{', '.join(map(str, two.induction_heads)) or 'none'}", verdict(jump), "induction-phase"))
+    icl_ok = wl.start is not None and overlaps(wi, wl)
+    claims.append(Claim(
+        PAPER, "In-context learning improves abruptly in the same window as the induction heads form",
+        "ICL-score window overlaps the induction window",
+        f"{icl_note}: {_at(curve, before_t, 'icl'):.3f} → {final.icl:.3f}; ICL window {window_text(wl)}",
+        verdict(icl_ok), "induction-phase"))
+    bump = r.loss_bump
+    claims.append(Claim(
+        PAPER, "The phase change shows as a bump in the loss: the 2L loss curve departs from the 1L curve",
+        "loss-bump window overlaps the induction window",
+        f"L_2L − L_1L falls fastest over {window_text(bump)}", verdict(overlaps(bump, wi)), "induction-phase"))
+    share = wl.share
+    claims.append(Claim(
+        PAPER, "Most of the final in-context learning forms inside the phase-change window", "> 75% of the ICL change",
+        "no ICL window" if share is None else
+        f"{100 * share:.0f}% of the change from the early level to the final ICL score (smoothed, 5 checkpoints)",
+        verdict(share is not None and share > 0.75), "induction-phase"))
+    pca = r.pca
+    in_w = overlaps(Window(pca.pivot_tokens, pca.pivot_tokens, None), wi)
+    claims.append(Claim(
+        PAPER, "The per-token-loss PCA trajectory turns at the phase change", "pivot inside the induction window",
+        f"pivot at {fmt_tokens(pca.pivot_tokens)} tokens ({pca.examples} held-out examples, one token each; "
+        f"PC1+PC2 explain {100 * sum(pca.explained_variance):.0f}%)", verdict(in_w), "induction-pca"))
+    one = m["1L"]
+    one_best = max(c.best_induction for c in one.curve[1:])
+    claims.append(Claim(
+        PAPER, "Control: a one-layer model forms no induction heads, no phase change, and less in-context learning",
+        f"1L best induction score < {INDUCTION} throughout; 1L ICL weaker than 2L",
+        f"1L best induction score ≤ {one_best:.3f} over training; ICL 1L {one.curve[-1].icl:.3f} vs 2L "
+        f"{final.icl:.3f}", verdict(one_best < INDUCTION and one.curve[-1].icl > final.icl),
+        "induction-controls"))
+    if "1L-smeared" in m:
+        s1 = m["1L-smeared"]
+        ok = s1.curve[-1].best_induction >= INDUCTION and s1.windows.induction.start is not None
+        claims.append(Claim(
+            PAPER, "Smeared keys let a one-layer model form induction heads, with a phase change",
+            f"1L smeared: best induction ≥ {INDUCTION}, with a window",
+            f"best induction {s1.curve[-1].best_induction:.3f}; window {window_text(s1.windows.induction)};"
+            f" ICL {s1.curve[-1].icl:.3f}", verdict(ok), "induction-controls"))
+    if "2L-smeared" in m:
+        s2 = m["2L-smeared"].windows.induction
+        ok = s2.end is not None and wi.end is not None and s2.end < wi.start
+        claims.append(Claim(
+            PAPER, "Smeared keys make a two-layer model form induction heads earlier",
+            "2L-smeared window ends before the 2L window starts",
+            f"2L smeared {window_text(s2)} vs 2L {window_text(wi)}", verdict(ok), "induction-controls"))
+    ab = r.ablation
+    last = ab.over_training[-1] if ab.over_training else None
+    if last and last.group_share is not None:
+        claims.append(Claim(
+            PAPER, "Pattern-preserving ablation: the induction heads carry almost all of the in-context learning",
+            "ablating the induction heads removes most (> 50%) of the ICL score",
+            f"heads {', '.join(map(str, ab.group))}: ICL {last.clean_icl:.3f} → {last.clean_icl + last.group:.3f} "
+            f"({100 * last.group_share:.0f}% removed) at {fmt_tokens(last.tokens)} tokens",
+            verdict(last.group_share > 0.5), "induction-ablation"))
+        others = sum(len(x) for x in last.per_head) - len(ab.group)
+        claims.append(Claim(
+            PAPER, "Ablating most other heads increases the ICL score (makes it more negative)",
+            "more than half of the other heads", f"{last.heads_raising_icl} of {others} other heads",
+            verdict(others > 0 and last.heads_raising_icl > others / 2), "induction-ablation"))
+    b = r.behaviours
+    if b.copying is not None:
+        c = b.copying
+        claims.append(Claim(
+            PAPER, "Induction heads copy: a repeated rare identifier is predicted from its earlier occurrence",
+            "lower loss on the repeat; the head attends to the token after the earlier copy",
+            f"'{COPYING_NAME}' ({len(c.name_tokens)} tokens): loss {c.first_loss:.2f} → {c.repeat_loss:.2f} nats;"
+            f" head {c.head} puts {c.head_attention:.2f} of its attention on the induction target",
+            verdict(c.improvement > 0.5 and c.head_attention > 0.3), "induction-behaviours"))
+    t = b.translation
+    claims.append(Claim(
+        PAPER, "Fuzzy induction: a head matches on meaning ([A*][B*] … [A] → [B]), not on identity",
+        "a head attends from A to the token after its translation A*",
+        f"head {t.best_head}: {t.best_score:.2f} of its attention (uniform: {t.chance:.2f}); next-word accuracy "
+        f"{100 * t.accuracy:.0f}% (2L model trained on the synthetic task)", verdict(t.best_score > 0.5),
+        "induction-behaviours"))
+    p = b.pattern
+    claims.append(Claim(
+        PAPER, "Pattern matching: from ':' a head attends to earlier examples of the same (month|colour) (animal|fruit) "
+        "pattern", "≈65% of attention on the right earlier examples (13B model's head)",
+        f"head {p.best_head}: {100 * p.best_share:.0f}% (uniform: {100 * p.uniform:.0f}%); label accuracy "
+        f"{100 * p.accuracy:.0f}% (chance 25%; 2L smeared-key model trained on the task)",
+        verdict(p.best_share > 0.5 and p.accuracy > 0.5), "induction-behaviours"))
+    return claims

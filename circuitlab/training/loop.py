@@ -1,0 +1,196 @@
+"""The one training loop, for every task (`training.tasks`): AdamW, warm-up + cosine/constant schedule, gradient
+clipping, log-spaced checkpoints, evaluation callbacks, exact resume.
+
+Batches are a pure function of (seed, step) (the task draws them), so a run resumed from step S sees exactly the
+batches the uninterrupted run saw (tests/test_training.py checks the final weights are equal, for every task).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from circuitlab.data.tokens import TokenData
+from circuitlab.errors import CircuitlabError
+from circuitlab.model import ModelConfig, Transformer
+from circuitlab.results import atomic_write_text
+from circuitlab.training.checkpoints import (
+    checkpoint_path, load_checkpoint, load_optimizer, optimizer_step, save_checkpoint, save_optimizer,
+)
+from circuitlab.training.config import TrainConfig
+from circuitlab.training.flops import peak_matmul_flops
+from circuitlab.training.progress import TrainProgress
+from circuitlab.training.run import Run, read_metrics, resume_clash
+from circuitlab.training.tasks import LanguageModelTask, Task
+
+log = logging.getLogger("circuitlab")
+
+
+@dataclass
+class EvalContext:
+    """What an evaluation callback sees. It returns a dict of extra metrics (or None)."""
+
+    step: int
+    tokens: int
+    model: Transformer
+    task: Task
+    run_dir: Path
+    metrics: dict = field(default_factory=dict)
+
+
+Callback = Callable[[EvalContext], "dict | None"]
+
+
+def make_optimizer(model: Transformer, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW. decay='matrices': weight decay on matrices only (nanoGPT's grouping), so biases, LayerNorm and smear
+    alpha are not decayed; decay='all': on every parameter (the grokking paper)."""
+    if cfg.decay == "all":
+        groups = [{"params": list(model.parameters()), "weight_decay": cfg.weight_decay}]
+    else:
+        decay = [p for p in model.parameters() if p.ndim >= 2]
+        no_decay = [p for p in model.parameters() if p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # fused: one multi-tensor kernel per step instead of a loop over parameters (CPU and CUDA); its float rounding
+    # differs from the per-parameter loop, which the grokking preset keeps to match the paper code's trajectory.
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=cfg.fused_optimizer)
+
+
+def _start(out: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task, resume: bool):
+    """Create the run or reopen it for resume. Returns (model, optimizer, start step, loop state)."""
+    exists = (out / "run.json").exists()
+    if exists and not resume:
+        raise CircuitlabError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    if exists:
+        saved = Run.open(out)
+        clash = resume_clash(saved, model_cfg, train_cfg)
+        if clash:
+            raise CircuitlabError(f"cannot resume {out} with different settings ({clash}): drop those flags or use "
+                                  "another --out")
+        task.check_resume(saved)
+    else:
+        if out.exists() and any(out.iterdir()):
+            raise CircuitlabError(f"{out} exists and is not empty but holds no run: choose an empty or new --out")
+        out.mkdir(parents=True, exist_ok=True)
+        task.write(out)
+    meta = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "task": task.spec(), "data": task.info()}
+    atomic_write_text(out / "run.json", json.dumps(meta, indent=2))
+
+    device = torch.device(train_cfg.device)
+    step = optimizer_step(out) if exists else None
+    if step is not None:
+        model, _ = load_checkpoint(checkpoint_path(out, step), model_cfg, device)
+        optimizer = make_optimizer(model, train_cfg)
+        extra = load_optimizer(out, optimizer, model)
+        # Rows logged after the checkpoint we resume from are redone: drop them so the log has no duplicates.
+        rows = [r for r in read_metrics(out / "metrics.jsonl") if r["step"] <= step]
+        atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        log.info("resuming %s from step %d", out, step)
+        return model, optimizer, step, extra
+    # A new run, or one stopped before its first optimizer save: start from the (deterministic) initialisation.
+    atomic_write_text(out / "metrics.jsonl", "")
+    model = Transformer(model_cfg).to(device)
+    return model, make_optimizer(model, train_cfg), 0, {}
+
+
+def train(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    task: Task | TokenData,
+    out: str | Path,
+    resume: bool = False,
+    callbacks: list[Callback] = (),
+    progress: bool = True,
+    stop_at: int | None = None,
+) -> Run:
+    """Train on `task` (a TokenData is a language-model task) and return the Run. `stop_at` ends early at that step
+    (as an interruption would), leaving a resumable run."""
+    out = Path(out)
+    task = LanguageModelTask(task) if isinstance(task, TokenData) else task
+    task.check(model_cfg, train_cfg)
+    torch.manual_seed(train_cfg.seed)
+    model, optimizer, start, state = _start(out, model_cfg, train_cfg, task, resume)
+    device = model.device
+    task.prepare(model_cfg, train_cfg, device)
+    total = train_cfg.total_steps(model_cfg.n_ctx)
+    ckpt_steps = set(train_cfg.checkpoint_steps(total))
+    last = min(total, stop_at) if stop_at is not None else total
+    tokens_per_step = task.tokens_per_step()
+    amp = (torch.autocast(device.type, dtype=torch.bfloat16) if train_cfg.autocast == "bf16" else nullcontext())
+    flops_per_token = task.flops_per_token()
+    peak = peak_matmul_flops(str(device)) if flops_per_token else None
+    last_good = start
+
+    if start == 0:
+        save_checkpoint(out, model, 0, 0)
+    bar = TrainProgress(task.kind, total, start, tokens_per_step) if progress else None
+    recent: list[float] = state.get("recent_train_losses", [])  # since the last evaluation
+    t_window, tokens_window = time.perf_counter(), 0
+    metrics_file = (out / "metrics.jsonl").open("a")
+
+    def log_eval(step: int) -> None:
+        nonlocal t_window, tokens_window
+        dt = time.perf_counter() - t_window
+        tps = tokens_window / dt if tokens_window else 0.0
+        row = {
+            "step": step, "tokens": step * tokens_per_step,
+            "train_loss": float(np.mean(recent)) if recent else None,
+            "lr": train_cfg.lr_at(max(step - 1, 0), total), "tokens_per_s": round(tps, 1),
+            "mfu": round(tps * flops_per_token / peak, 4) if peak else None,
+        }
+        row.update(task.evaluate(model, step))
+        for cb in callbacks:
+            row.update(cb(EvalContext(step, step * tokens_per_step, model, task, out, row)) or {})
+        metrics_file.write(json.dumps(row) + "\n")
+        metrics_file.flush()
+        recent.clear()
+        if bar:
+            bar.note(row)
+        t_window, tokens_window = time.perf_counter(), 0
+
+    try:
+        if start == 0:
+            log_eval(0)
+        for step in range(start, last):
+            lr = train_cfg.lr_at(step, total)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            batch = task.batch(step)
+            with amp:
+                loss = task.loss(model, batch)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip or math.inf)
+            loss_value = loss.item()
+            if not (math.isfinite(loss_value) and torch.isfinite(grad_norm)):
+                raise CircuitlabError(
+                    f"training diverged at step {step}: loss {loss_value}, gradient norm {grad_norm.item()}; "
+                    f"the last good checkpoint (step {last_good}) is kept in {out}/checkpoints: "
+                    "lower --lr or lengthen --warmup-steps and train again"
+                )
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            recent.append(loss_value)
+            tokens_window += tokens_per_step
+            done = step + 1
+            if bar:
+                bar.advance(loss_value)
+            # Checkpoint before evaluating, so what a callback does can never reach a checkpoint.
+            if done in ckpt_steps or done == last:
+                save_checkpoint(out, model, done, done * tokens_per_step)
+                save_optimizer(out, optimizer, model, done, {"recent_train_losses": recent})
+                last_good = done
+            if done % train_cfg.eval_every == 0 or done == total:
+                log_eval(done)
+    finally:
+        metrics_file.close()
+        if bar:
+            bar.stop()
+    return Run.open(out)
