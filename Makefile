@@ -35,7 +35,10 @@ browser:
 	    || echo "could not install Chromium: the browser test will be skipped"; \
 	else echo "Chromium is not installed and this user cannot apt-get it: the browser test will be skipped"; fi
 
+# Lint (ruff), the import contract (lint-imports: the layers in pyproject.toml, nothing imports upward), the tests.
 test: venv browser
+	$(BIN)/ruff check circuitlab tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 bench: venv

@@ -22,8 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from circuitlab.data.modular import modular_addition
-from circuitlab.model import Transformer
 from circuitlab.experiments.grokking import grokking_model
+from circuitlab.model import Transformer
 from circuitlab.model.last_position import last_position_logits
 from circuitlab.training.loop import make_optimizer
 

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from circuitlab.model import ModelConfig, Transformer
-from circuitlab.training import get_preset
 from circuitlab.model.bridge import to_transformer_bridge
+from circuitlab.training import get_preset
 from circuitlab.training.config import TrainConfig
 from circuitlab.training.flops import peak_matmul_flops, train_flops_per_token
 from circuitlab.training.loop import make_optimizer

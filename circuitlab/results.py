@@ -106,7 +106,9 @@ def _build(tp, x):
         return tuple(_build(a, v) for a, v in zip(args, x)) if args else tuple(x)
     if origin is dict:
         k, v = typing.get_args(tp) or (Any, Any)
-        return {_build(k, key): _build(v, val) for key, val in x.items()}
+        # JSON object keys are strings: numbers are read back from them
+        key_of = {int: int, float: float}.get(k, lambda key: _build(k, key))
+        return {key_of(key): _build(v, val) for key, val in x.items()}
     if tp is Head:
         return Head.parse(x) if isinstance(x, str) else Head(*x)
     if tp is torch.Tensor:

@@ -5,12 +5,19 @@ import pytest
 import torch
 
 from circuitlab.circuits import (
-    bigram_agreement, bigram_counts, composition_scores, copying_statistic, head_scores, ov_circuit, qk_circuit,
-    random_composition_baseline, repeated_random_tokens,
+    bigram_agreement,
+    bigram_counts,
+    composition_scores,
+    copying_statistic,
+    head_scores,
+    ov_circuit,
+    qk_circuit,
+    random_composition_baseline,
+    repeated_random_tokens,
 )
+from circuitlab.heads import Head
 from circuitlab.model import ModelConfig, Transformer
 from circuitlab.model.bridge import to_transformer_bridge
-from circuitlab.heads import Head
 from tests.planted import bigram_model, copying_model, induction_model, previous_token_model
 
 

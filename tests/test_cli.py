@@ -5,6 +5,8 @@ from typer.testing import CliRunner
 
 import circuitlab
 from circuitlab.cli import app
+from circuitlab.experiments.framework import ModelAnalysis
+from circuitlab.heads import Head
 
 TINY = ["--n-layers", "1", "--d-model", "32", "--n-heads", "4", "--d-head", "8", "--n-ctx", "32", "--d-vocab", "320",
         "--batch-size", "4", "--eval-every", "3", "--quiet"]
@@ -91,6 +93,8 @@ def test_analyze_writes_analysis_json(small_corpus_dir, tmp_path):
     ti = result["term_importance"]
     assert len(ti["improvement"]) == 3 and abs(ti["cumulative_loss"][-1] - ti["model_loss"]) < 1e-3
     assert result["softmax_competition"]["hand_built"]["gap"] > 3
+    typed = ModelAnalysis.load(out / "analysis.json")  # the file reads back into the typed result, unchanged
+    assert typed.to_json() == result and typed.heads[5].head == Head(1, 1)
     assert "Heads" in r.output and "K-composition" in r.output and "term importance" in r.output
     r = runner.invoke(app, ["analyze", str(out), "--step", "0"])
     assert r.exit_code == 0 and (out / "analysis-step0.json").exists()

@@ -8,16 +8,26 @@ import torch
 
 from circuitlab.data.modular import modular_addition
 from circuitlab.errors import CircuitlabError
+from circuitlab.experiments.grokking import GrokkingResults, grokking_model
 from circuitlab.grokking.fourier import (
-    embedding_fourier_norms, fourier_basis, frequency_norms, key_frequencies_from_neurons, logit_fit,
-    neuron_activations, neuron_frequency_fractions, sum_of_cosines_basis,
+    embedding_fourier_norms,
+    fourier_basis,
+    frequency_norms,
+    key_frequencies_from_neurons,
+    logit_fit,
+    neuron_activations,
+    neuron_frequency_fractions,
+    sum_of_cosines_basis,
 )
 from circuitlab.grokking.measures import (
-    cross_entropy, detect_phases, excluded_logits, frequency_ablation, gini, restricted_logits,
+    cross_entropy,
+    detect_phases,
+    excluded_logits,
+    frequency_ablation,
+    gini,
+    restricted_logits,
 )
-from circuitlab.model import Transformer
-from circuitlab.experiments.grokking import grokking_model
-from circuitlab.model import ModelConfig
+from circuitlab.model import ModelConfig, Transformer
 from circuitlab.model.last_position import last_position_logits
 from circuitlab.training import ModularAdditionTask, Run, train
 
@@ -161,6 +171,7 @@ def test_grokking_experiment_cli(tmp_path):
     assert len(res["progress_measures"]) == 7 and {"restricted_loss", "gini_W_E"} <= set(res["progress_measures"][0])
     assert {c["verdict"] for c in res["claims"]} <= {"reproduced", "not reproduced", "differs"}
     assert len(res["fourier_norms"]["W_E"]) == 17 and "Claims" in r.output
+    assert GrokkingResults.load(out / "results.json").to_json() == res  # reads back into the typed result
     assert CliRunner().invoke(app, args).exit_code == 0  # a finished run is reused, not retrained
     r = CliRunner().invoke(app, ["experiment", "grokking", "--out", str(tmp_path / "h"), "--p", "15"])
     assert r.exit_code == 2 and "prime" in r.output

@@ -1,20 +1,18 @@
 """The induction experiment's pieces: synthetic tasks, per-checkpoint measurement with resume, behaviours, and the
 whole pipeline end to end on a tiny preset (results JSON, claims, reuse of finished runs)."""
 
-import json
 
 import numpy as np
 import pytest
 import torch
 
+from circuitlab.data import sample_windows
 from circuitlab.data.synthetic import pattern_task, translation_task
 from circuitlab.experiments.induction import InductionResults, induction_preset, run_induction_experiment
 from circuitlab.experiments.induction.analysis import smooth
 from circuitlab.induction.behaviours import translation_behaviour
 from circuitlab.induction.measure import Probe, measure_checkpoint, measure_run
-from circuitlab.model import ModelConfig
 from circuitlab.training import Run, TrainConfig, train
-from circuitlab.data import sample_windows
 from tests.planted import induction_model
 
 

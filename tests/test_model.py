@@ -4,8 +4,8 @@ from transformer_lens import ActivationCache, FactoredMatrix
 
 from circuitlab.errors import CircuitlabError
 from circuitlab.model import ModelConfig, Transformer
-from circuitlab.training import get_preset
 from circuitlab.model.bridge import to_transformer_bridge
+from circuitlab.training import get_preset
 
 CONFIGS = {
     "shortformer": dict(),

@@ -6,14 +6,25 @@ import torch
 from transformer_lens import FactoredMatrix
 
 from circuitlab.circuits import (
-    competition_model, head_results, induction_mechanism, order_expansion, ov_circuit, positional_content_split,
-    previous_token_score, repeated_random_tokens, skip_trigram_bugs, skip_trigram_table, softmax_competition,
-    term_importance, top1_diagonal_accuracy, top_entries,
+    competition_model,
+    head_results,
+    induction_mechanism,
+    order_expansion,
+    ov_circuit,
+    positional_content_split,
+    previous_token_score,
+    repeated_random_tokens,
+    skip_trigram_bugs,
+    skip_trigram_table,
+    softmax_competition,
+    term_importance,
+    top1_diagonal_accuracy,
+    top_entries,
 )
 from circuitlab.circuits.heads import attention_patterns
+from circuitlab.heads import Head
 from circuitlab.model import ModelConfig, Transformer
 from circuitlab.model.bridge import to_transformer_bridge
-from circuitlab.heads import Head
 from tests.planted import copying_model, induction_model, previous_token_model, virtual_head_model
 
 

@@ -71,7 +71,7 @@ def test_resume_reproduces_the_uninterrupted_trajectory_exactly(tiny_data, tiny_
     a, b = straight.model(), halves.model()
     for (name, p), q in zip(a.named_parameters(), b.parameters()):
         assert torch.equal(p, q), f"{name} differs after resume"
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")} for r in rows]
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")} for r in rows]  # noqa: E731
     assert strip(straight.metrics) == strip(halves.metrics)
 
 
@@ -151,3 +151,33 @@ def test_run_json_records_everything_needed_to_reload(tiny_data, tiny_cfg, tmp_p
     meta = json.loads((tmp_path / "r" / "run.json").read_text())
     assert ModelConfig.from_dict(meta["model"]) == tiny_cfg
     assert meta["train"]["max_steps"] == 2 and meta["data"]["train_tokens"] == tiny_data.info["train_tokens"]
+
+
+def test_every_task_resumes_exactly(tmp_path):
+    """The one loop resumes the synthetic sequence task and modular addition as exactly as the language model: the
+    batches are a pure function of (seed, step), so weights and metrics rows equal an uninterrupted run."""
+    from circuitlab.data.synthetic import translation_task
+    from circuitlab.training import ModularAdditionTask, SequenceTaskTraining
+
+    seq = translation_task(n_words=8, length=4, n_fillers=2, max_gap=2)
+    cases = [
+        (ModelConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, n_ctx=seq.n_ctx, d_vocab=seq.d_vocab),
+         lambda: SequenceTaskTraining(seq, heldout=16)),
+        (ModelConfig(n_layers=1, d_model=16, n_heads=2, d_head=8, n_ctx=3, d_vocab=14, d_mlp=16,
+                     positional_embedding_type="standard", init="nanda"),
+         lambda: ModularAdditionTask(13, 0.5, 0)),
+    ]
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")} for r in rows]  # noqa: E731
+    for i, (m, make_task) in enumerate(cases):
+        c = tcfg(max_steps=20, eval_every=5, checkpoint_every=5, log_checkpoints=0)
+        straight = train(m, c, make_task(), tmp_path / f"s{i}", progress=False)
+        train(m, c, make_task(), tmp_path / f"h{i}", progress=False, stop_at=10)
+        halves = train(m, c, make_task(), tmp_path / f"h{i}", resume=True, progress=False)
+        for (name, p), q in zip(straight.model().named_parameters(), halves.model().parameters()):
+            assert torch.equal(p, q), f"task {i}: {name} differs after resume"
+        assert strip(straight.metrics) == strip(halves.metrics) and len(straight.metrics) == 5
+        assert halves.task == make_task().spec()
+    # another task in the same run directory is refused
+    with pytest.raises(CircuitlabError, match="task differs"):
+        train(cases[1][0], tcfg(max_steps=20, eval_every=5, checkpoint_every=5, log_checkpoints=0),
+              ModularAdditionTask(13, 0.4, 0), tmp_path / "s1", resume=True, progress=False)

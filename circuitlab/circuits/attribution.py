@@ -20,8 +20,8 @@ from torch import Tensor
 
 from circuitlab.circuits.heads import repeated_random_tokens
 from circuitlab.circuits.paths import head_results, is_shortformer, score_terms
-from circuitlab.results import Result
 from circuitlab.heads import Head
+from circuitlab.results import Result
 
 POSITIONAL = 0.5  # a head whose positional share of score variance exceeds this is called positional
 

@@ -18,10 +18,10 @@ import torch
 
 from circuitlab.circuits.heads import attention_patterns
 from circuitlab.circuits.paths import head_results
-from circuitlab.results import Result
 from circuitlab.circuits.skip_trigrams import SkipTrigramTable, centred_token_circuits
-from circuitlab.model import ModelConfig, Transformer
 from circuitlab.heads import Head
+from circuitlab.model import ModelConfig, Transformer
+from circuitlab.results import Result
 
 
 @dataclass

@@ -17,8 +17,8 @@ import torch
 from transformer_lens import FactoredMatrix
 from transformer_lens.utilities.matrix import composition_scores as tl_composition_scores
 
-from circuitlab.results import Result
 from circuitlab.heads import Head
+from circuitlab.results import Result
 
 
 @dataclass
@@ -60,7 +60,7 @@ def random_composition_baseline(d_model: int, d_head: int, samples: int | None =
     if samples is None:
         samples = max(8, min(200, int(200 * (128 * 128 * 16) / (d_model * d_model * d_head))))
     g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(samples, *s, generator=g)
+    r = lambda *s: torch.randn(samples, *s, generator=g)  # noqa: E731
     a = FactoredMatrix(r(d_model, d_head), r(d_head, d_model))
     b = FactoredMatrix(r(d_model, d_head), r(d_head, d_model))
     return float(tl_composition_scores(a, b, broadcast_dims=False).mean())

@@ -24,8 +24,8 @@ from torch import Tensor
 from transformer_lens import FactoredMatrix
 
 from circuitlab.circuits.circuits import row_chunks
-from circuitlab.results import Result
 from circuitlab.heads import Head
+from circuitlab.results import Result
 
 
 def centred_token_circuits(model, layer: int, head: int, pool: Tensor) -> tuple[FactoredMatrix, FactoredMatrix]:

@@ -14,17 +14,21 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from circuitlab.results import Result
-from circuitlab.model.last_position import last_position_logits
 from circuitlab.grokking.fourier import (
-    all_inputs, embedding_fourier_norms, fourier_2d, fourier_basis, frequency_indices, frequency_norms,
+    all_inputs,
+    embedding_fourier_norms,
+    fourier_2d,
+    fourier_basis,
+    frequency_indices,
+    frequency_norms,
     readout_fourier_norms,
 )
+from circuitlab.model.last_position import last_position_logits
+from circuitlab.results import Result
 
 
 def _a_plus_b_directions(p: int, ks: list[int]) -> Tensor:

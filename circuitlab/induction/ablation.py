@@ -19,9 +19,9 @@ from torch import Tensor
 
 from circuitlab.circuits.heads import attention_patterns
 from circuitlab.circuits.paths import check_linear_attention_only, embeddings, head_values
-from circuitlab.results import Result
-from circuitlab.induction.icl import icl_positions, loss_of_token
 from circuitlab.heads import Head
+from circuitlab.induction.icl import icl_positions, loss_of_token
+from circuitlab.results import Result
 
 
 def _per_token(logits: Tensor, tokens: Tensor) -> Tensor:

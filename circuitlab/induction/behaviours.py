@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import torch
 
 from circuitlab.circuits.heads import attention_patterns
-from circuitlab.results import Result
 from circuitlab.data.synthetic import PatternTask, TranslationTask
-from circuitlab.model.loss import masked_accuracy
 from circuitlab.heads import Head
+from circuitlab.model.loss import masked_accuracy
+from circuitlab.results import Result
 
 
 def _best(scores: torch.Tensor) -> tuple[int, int]:

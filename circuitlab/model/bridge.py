@@ -8,10 +8,10 @@ shortformer, no smeared keys) and needs at least one layer.
 from __future__ import annotations
 
 import torch
+import transformer_lens.model_bridge.sources  # noqa: F401  (attaches TransformerBridge.boot_native)
 from transformer_lens.config import TransformerBridgeConfig
 from transformer_lens.model_bridge import TransformerBridge
 
-import transformer_lens.model_bridge.sources  # noqa: F401  (attaches TransformerBridge.boot_native)
 from circuitlab.errors import CircuitlabError
 from circuitlab.model.config import ModelConfig
 from circuitlab.model.model import Transformer

@@ -25,7 +25,7 @@ def train_flops_per_token(cfg: ModelConfig, n_ctx: int | None = None) -> int:
     return 6 * matmul_params(cfg) + 12 * cfg.n_layers * cfg.n_heads * cfg.d_head * T
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def peak_matmul_flops(device: str = "cpu", dtype: torch.dtype = torch.float32, n: int = 1024, seconds: float = 0.5) -> float:
     """Achieved FLOP/s of a large square matmul on this device: the roofline that MFU is measured against."""
     a = torch.randn(n, n, device=device, dtype=dtype)

@@ -11,10 +11,10 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -24,7 +24,12 @@ from circuitlab.errors import CircuitlabError
 from circuitlab.model import ModelConfig, Transformer
 from circuitlab.results import atomic_write_text
 from circuitlab.training.checkpoints import (
-    checkpoint_path, load_checkpoint, load_optimizer, optimizer_step, save_checkpoint, save_optimizer,
+    checkpoint_path,
+    load_checkpoint,
+    load_optimizer,
+    optimizer_step,
+    save_checkpoint,
+    save_optimizer,
 )
 from circuitlab.training.config import TrainConfig
 from circuitlab.training.flops import peak_matmul_flops
@@ -182,12 +187,15 @@ def train(
             done = step + 1
             if bar:
                 bar.advance(loss_value)
-            # Checkpoint before evaluating, so what a callback does can never reach a checkpoint.
+            evaluating = done % train_cfg.eval_every == 0 or done == total
+            # Checkpoint before evaluating, so what a callback does can never reach a checkpoint. The loop state saved
+            # is the one after this step's evaluation (which empties the train-loss window), so a run resumed here
+            # logs the same rows as the uninterrupted one.
             if done in ckpt_steps or done == last:
                 save_checkpoint(out, model, done, done * tokens_per_step)
-                save_optimizer(out, optimizer, model, done, {"recent_train_losses": recent})
+                save_optimizer(out, optimizer, model, done, {"recent_train_losses": [] if evaluating else recent})
                 last_good = done
-            if done % train_cfg.eval_every == 0 or done == total:
+            if evaluating:
                 log_eval(done)
     finally:
         metrics_file.close()

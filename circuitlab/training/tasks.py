@@ -28,7 +28,6 @@ from circuitlab.model.loss import masked_accuracy, masked_cross_entropy, modular
 from circuitlab.training.config import TrainConfig
 from circuitlab.training.flops import train_flops_per_token
 
-
 HELDOUT = 2**31 - 1  # the "step" whose draw is the held-out set, never a training step
 
 

@@ -3,7 +3,8 @@ induction experiment when `reproduce` runs both (same width and vocabulary); any
 
 from __future__ import annotations
 
-from circuitlab.training.presets import PRESETS as ATTN, ExperimentPreset
+from circuitlab.training.presets import PRESETS as ATTN
+from circuitlab.training.presets import ExperimentPreset
 
 
 def _steps(tokens: int) -> dict:

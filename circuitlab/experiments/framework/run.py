@@ -11,10 +11,10 @@ from circuitlab.data import load_corpus, prepare_tokens
 from circuitlab.experiments.claims import Claim
 from circuitlab.experiments.framework.analysis import analyze_run
 from circuitlab.experiments.framework.claims import framework_claims
-from circuitlab.training.presets import ExperimentPreset
 from circuitlab.experiments.framework.results import ModelAnalysis
 from circuitlab.results import Result
 from circuitlab.training import Run, train
+from circuitlab.training.presets import ExperimentPreset
 
 
 @dataclass

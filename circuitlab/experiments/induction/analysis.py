@@ -8,19 +8,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from circuitlab.experiments.induction.claims import induction_claims
+from circuitlab.experiments.induction.claims import COPYING_NAME, induction_claims
 from circuitlab.experiments.induction.results import (
-    AblationPoint, Ablations, Behaviours, CurvePoint, FinalScores, ICLPositions, InductionResults, LossByPosition,
-    ModelCurves, PCAResult, PhaseWindows, TaskTraining, TrainLossPoint, ViewerPrompt,
+    AblationPoint,
+    Ablations,
+    Behaviours,
+    CurvePoint,
+    FinalScores,
+    ICLPositions,
+    InductionResults,
+    LossByPosition,
+    ModelCurves,
+    PCAResult,
+    PhaseWindows,
+    TaskTraining,
+    TrainLossPoint,
+    ViewerPrompt,
 )
 from circuitlab.heads import Head, induction_heads
-from circuitlab.induction.icl import icl_positions, per_token_pca, pca_pivot
+from circuitlab.induction.icl import icl_positions, pca_pivot, per_token_pca
 from circuitlab.induction.measure import Measurement, pca_matrix, read_measurements
 from circuitlab.induction.phase import Window, jump_window, loss_bump
 from circuitlab.training import Run
 from circuitlab.training.presets import ExperimentPreset
 
-from circuitlab.experiments.induction.claims import COPYING_NAME
 COPYING_PASSAGE = (
     "def load_zorblax_quintile(path):\n"
     '    """Read a zorblax_quintile table from path."""\n'

@@ -109,7 +109,14 @@ def train_all(preset: ExperimentPreset, out: Path, workers: int | None = None, p
 
 
 def _show_progress(futures: dict, out: Path, totals: dict[str, int], seconds: dict, t0: float) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     cols = [TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stage]}"),
             TimeElapsedColumn(), TimeRemainingColumn()]

@@ -1,0 +1,85 @@
+"""The shared vocabulary: typed results that survive JSON, the Head type, the one head-role definition, and the one
+way saved configs are reloaded."""
+
+import json
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from circuitlab.errors import CircuitlabError
+from circuitlab.heads import INDUCTION, Head, best_head, head_roles, induction_heads
+from circuitlab.model import ModelConfig
+from circuitlab.results import Result, from_jsonable, to_jsonable
+from circuitlab.training import TrainConfig
+
+
+@dataclass
+class Inner(Result):
+    head: Head
+    score: float
+    note: str | None = None
+
+
+@dataclass
+class Outer(Result):
+    heads: list[Head]
+    inner: list[Inner]
+    by_name: dict[str, Inner]
+    matrix: torch.Tensor
+    maybe: Inner | None = None
+    counts: dict[int, int] | None = None
+
+
+def test_typed_results_round_trip_through_json(tmp_path):
+    r = Outer([Head(1, 2)], [Inner(Head(0, 3), 0.5)], {"a": Inner(Head(2, 0), float("nan"), "x")},
+              torch.tensor([[1.0, float("nan")]]), None, {3: 7})
+    data = json.loads(json.dumps(r.to_json()))
+    assert data["heads"] == ["1.2"] and data["inner"][0]["head"] == "0.3" and data["matrix"] == [[1.0, None]]
+    back = Outer.from_json(data)
+    assert back.heads == [Head(1, 2)] and isinstance(back.heads[0], Head)
+    assert back.inner[0] == Inner(Head(0, 3), 0.5) and back.counts == {3: 7}
+    assert math.isnan(back.by_name["a"].score) and back.by_name["a"].note == "x"
+    assert torch.isnan(back.matrix[0, 1]) and back.matrix[0, 0] == 1.0
+    back.save(tmp_path / "r.json")
+    assert Outer.load(tmp_path / "r.json").to_json() == r.to_json()
+
+
+def test_damaged_or_foreign_results_are_one_clear_error(tmp_path):
+    with pytest.raises(KeyError, match="no fields"):
+        from_jsonable(Inner, {"head": "0.1", "score": 1.0, "surprise": 2})
+    with pytest.raises(TypeError):
+        from_jsonable(Inner, {"head": "0.1", "score": "high"})
+    (tmp_path / "bad.json").write_text('{"head": "0.1"')
+    with pytest.raises(CircuitlabError, match="damaged"):
+        Inner.load(tmp_path / "bad.json")
+    with pytest.raises(CircuitlabError, match="does not exist"):
+        Inner.load(tmp_path / "missing.json")
+
+
+def test_head_is_a_tuple_that_indexes_scores_and_prints_as_in_the_papers():
+    h = Head.parse("1.3")
+    assert h == Head(1, 3) == (1, 3) and str(h) == "1.3" and to_jsonable(h) == "1.3"
+    scores = torch.arange(8.0).view(2, 4)
+    assert scores[h] == 7.0 and Head.of_index(6, 4) == Head(1, 2)
+    assert best_head(scores) == Head(1, 3) and best_head(torch.tensor([[9.0, 0], [1, 2]]), min_layer=1) == Head(1, 1)
+
+
+def test_one_induction_head_definition():
+    s = torch.tensor([[0.02, 0.5], [0.3, 0.2]])
+    # >= INDUCTION and >= half the best: 0.3 passes, 0.2 is under half of 0.5
+    assert induction_heads(s) == [Head(0, 1), Head(1, 0)]
+    assert induction_heads(torch.full((2, 2), INDUCTION / 2)) == []  # an untrained model has none
+    assert induction_heads(torch.tensor([[0.0, 0.0], [0.0, INDUCTION]])) == [Head(1, 1)]
+    assert head_roles(Head(1, 0), previous_token=0.9, ov_copying=0.7, induction_group=[Head(1, 0)]) == [
+        "previous-token", "induction", "copying"]
+    assert head_roles(Head(1, 0), previous_token=0.1, ov_copying=-0.7, induction_group=[]) == []
+
+
+def test_saved_configs_with_unknown_fields_are_refused():
+    for cls, what in ((ModelConfig, "model"), (TrainConfig, "training")):
+        d = cls().to_dict()
+        assert cls.from_dict(d) == cls()
+        with pytest.raises(CircuitlabError, match=f"{what} config has unknown fields \\['from_the_future'\\]"):
+            cls.from_dict({**d, "from_the_future": 1})
