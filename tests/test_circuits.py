@@ -5,15 +5,8 @@ import pytest
 import torch
 
 from circuitlab.circuits import (
-    bigram_agreement,
-    bigram_counts,
-    composition_scores,
-    copying_statistic,
-    head_scores,
-    ov_circuit,
-    qk_circuit,
-    random_composition_baseline,
-    repeated_random_tokens,
+    bigram_agreement, bigram_counts, composition_scores, copying_statistic, head_scores, ov_circuit, qk_circuit,
+    random_composition_baseline, repeated_random_tokens,
 )
 from circuitlab.heads import Head
 from circuitlab.model import ModelConfig, Transformer

@@ -10,22 +10,11 @@ from circuitlab.data.modular import modular_addition
 from circuitlab.errors import CircuitlabError
 from circuitlab.experiments.grokking import GrokkingResults, grokking_model
 from circuitlab.grokking.fourier import (
-    embedding_fourier_norms,
-    fourier_basis,
-    frequency_norms,
-    key_frequencies_from_neurons,
-    logit_fit,
-    neuron_activations,
-    neuron_frequency_fractions,
-    sum_of_cosines_basis,
+    embedding_fourier_norms, fourier_basis, frequency_norms, key_frequencies_from_neurons, logit_fit,
+    neuron_activations, neuron_frequency_fractions, sum_of_cosines_basis,
 )
 from circuitlab.grokking.measures import (
-    cross_entropy,
-    detect_phases,
-    excluded_logits,
-    frequency_ablation,
-    gini,
-    restricted_logits,
+    cross_entropy, detect_phases, excluded_logits, frequency_ablation, gini, restricted_logits,
 )
 from circuitlab.model import ModelConfig, Transformer
 from circuitlab.model.last_position import last_position_logits

@@ -6,20 +6,9 @@ import torch
 from transformer_lens import FactoredMatrix
 
 from circuitlab.circuits import (
-    competition_model,
-    head_results,
-    induction_mechanism,
-    order_expansion,
-    ov_circuit,
-    positional_content_split,
-    previous_token_score,
-    repeated_random_tokens,
-    skip_trigram_bugs,
-    skip_trigram_table,
-    softmax_competition,
-    term_importance,
-    top1_diagonal_accuracy,
-    top_entries,
+    competition_model, head_results, induction_mechanism, order_expansion, ov_circuit, positional_content_split,
+    previous_token_score, repeated_random_tokens, skip_trigram_bugs, skip_trigram_table, softmax_competition,
+    term_importance, top1_diagonal_accuracy, top_entries,
 )
 from circuitlab.circuits.heads import attention_patterns
 from circuitlab.heads import Head

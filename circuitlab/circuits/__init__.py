@@ -5,45 +5,23 @@ circuitlab Transformer or a TransformerLens TransformerBridge alike.
 """
 
 from circuitlab.circuits.attribution import (
-    InductionMechanism,
-    ScoreSplit,
-    induction_mechanism,
-    positional_content_split,
+    InductionMechanism, ScoreSplit, induction_mechanism, positional_content_split,
 )
 from circuitlab.circuits.bigram import BigramAgreement, bigram_agreement, bigram_counts
 from circuitlab.circuits.circuits import (
-    copying_statistic,
-    direct_path,
-    ov_circuit,
-    positional_qk_circuit,
-    qk_circuit,
-    top1_diagonal_accuracy,
-    top_entries,
+    copying_statistic, direct_path, ov_circuit, positional_qk_circuit, qk_circuit, top1_diagonal_accuracy, top_entries,
 )
 from circuitlab.circuits.competition import (
-    SoftmaxCompetition,
-    competition_from_table,
-    competition_model,
-    softmax_competition,
+    SoftmaxCompetition, competition_from_table, competition_model, softmax_competition,
 )
 from circuitlab.circuits.composition import CompositionScores, composition_scores, random_composition_baseline
 from circuitlab.circuits.heads import (
-    HeadScores,
-    attention_patterns,
-    copying_score,
-    head_scores,
-    induction_and_duplicate_scores,
-    prefix_matching_score,
-    previous_token_score,
-    repeated_random_tokens,
+    HeadScores, attention_patterns, copying_score, head_scores, induction_and_duplicate_scores, prefix_matching_score,
+    previous_token_score, repeated_random_tokens,
 )
 from circuitlab.circuits.paths import head_results, order_expansion
 from circuitlab.circuits.skip_trigrams import (
-    SkipTrigramBug,
-    SkipTrigramTable,
-    skip_trigram_bugs,
-    skip_trigram_counts,
-    skip_trigram_table,
+    SkipTrigramBug, SkipTrigramTable, skip_trigram_bugs, skip_trigram_counts, skip_trigram_table,
 )
 from circuitlab.circuits.term_importance import TermImportance, term_importance
 

@@ -19,12 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from circuitlab.grokking.fourier import (
-    all_inputs,
-    embedding_fourier_norms,
-    fourier_2d,
-    fourier_basis,
-    frequency_indices,
-    frequency_norms,
+    all_inputs, embedding_fourier_norms, fourier_2d, fourier_basis, frequency_indices, frequency_norms,
     readout_fourier_norms,
 )
 from circuitlab.model.last_position import last_position_logits

@@ -24,12 +24,7 @@ from circuitlab.errors import CircuitlabError
 from circuitlab.model import ModelConfig, Transformer
 from circuitlab.results import atomic_write_text
 from circuitlab.training.checkpoints import (
-    checkpoint_path,
-    load_checkpoint,
-    load_optimizer,
-    optimizer_step,
-    save_checkpoint,
-    save_optimizer,
+    checkpoint_path, load_checkpoint, load_optimizer, optimizer_step, save_checkpoint, save_optimizer,
 )
 from circuitlab.training.config import TrainConfig
 from circuitlab.training.flops import peak_matmul_flops

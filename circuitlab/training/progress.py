@@ -21,12 +21,7 @@ def format_row(row: dict) -> str:
 class TrainProgress:
     def __init__(self, label: str, total: int, start: int, tokens_per_step: int, print_every_s: float = 5.0):
         from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
+            BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
         )
 
         self.tokens_per_step, self.print_every_s = tokens_per_step, print_every_s

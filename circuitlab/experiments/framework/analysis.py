@@ -22,13 +22,7 @@ from circuitlab.circuits.term_importance import term_importance
 from circuitlab.data.windows import common_token_pool, text_windows, token_pool
 from circuitlab.errors import CircuitlabError
 from circuitlab.experiments.framework.results import (
-    CompositionSummary,
-    CopyingHeads,
-    HeadRow,
-    Histogram,
-    MechanismReport,
-    ModelAnalysis,
-    SoftmaxCompetitions,
+    CompositionSummary, CopyingHeads, HeadRow, Histogram, MechanismReport, ModelAnalysis, SoftmaxCompetitions,
 )
 from circuitlab.heads import COPYING, PREVIOUS_TOKEN, Head, all_heads, best_head, head_roles, induction_heads
 

@@ -10,14 +10,8 @@ from circuitlab.data.modular import modular_addition
 from circuitlab.experiments.grokking.claims import grokking_claims
 from circuitlab.experiments.grokking.results import Curves, FourierNorms, GrokkingResults, LogitFit
 from circuitlab.grokking.fourier import (
-    embedding_fourier_norms,
-    fourier_names,
-    frequency_norms,
-    key_frequencies_from_neurons,
-    logit_fit,
-    neuron_activations,
-    neuron_frequency_fractions,
-    readout_fourier_norms,
+    embedding_fourier_norms, fourier_names, frequency_norms, key_frequencies_from_neurons, logit_fit,
+    neuron_activations, neuron_frequency_fractions, readout_fourier_norms,
 )
 from circuitlab.grokking.measures import all_logits, detect_phases, frequency_ablation, progress_measures
 from circuitlab.training import Run

@@ -10,20 +10,8 @@ import torch
 
 from circuitlab.experiments.induction.claims import COPYING_NAME, induction_claims
 from circuitlab.experiments.induction.results import (
-    AblationPoint,
-    Ablations,
-    Behaviours,
-    CurvePoint,
-    FinalScores,
-    ICLPositions,
-    InductionResults,
-    LossByPosition,
-    ModelCurves,
-    PCAResult,
-    PhaseWindows,
-    TaskTraining,
-    TrainLossPoint,
-    ViewerPrompt,
+    AblationPoint, Ablations, Behaviours, CurvePoint, FinalScores, ICLPositions, InductionResults, LossByPosition,
+    ModelCurves, PCAResult, PhaseWindows, TaskTraining, TrainLossPoint, ViewerPrompt,
 )
 from circuitlab.heads import Head, induction_heads
 from circuitlab.induction.icl import icl_positions, pca_pivot, per_token_pca

@@ -110,12 +110,7 @@ def train_all(preset: ExperimentPreset, out: Path, workers: int | None = None, p
 
 def _show_progress(futures: dict, out: Path, totals: dict[str, int], seconds: dict, t0: float) -> None:
     from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
+        BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
     )
 
     cols = [TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[stage]}"),
