@@ -5,7 +5,8 @@ For a head h1 in an earlier layer and h2 in a later one, with W_OV = W_V W_O and
   K-composition  ||W_OV^{h1} W_QK^{h2 T}|| / (...)                            h1's output feeds h2's keys
   V-composition  ||W_OV^{h1} W_OV^{h2}||   / (...)                            h1's output feeds h2's values
 (Frobenius norms, computed from the factored forms by TransformerLens's `composition_scores`.) Random matrices of
-the same shapes already score above zero, so the expected random score is measured and subtracted.
+the same shapes already score above zero, so the expected random score is measured and kept beside the raw scores:
+`excess(mode)` subtracts it, once.
 """
 
 from __future__ import annotations
@@ -23,16 +24,20 @@ from circuitlab.results import Result
 
 @dataclass
 class CompositionScores(Result):
-    """q, k, v: [n_layers, n_heads, n_layers, n_heads], score of (layer1, head1) -> (layer2, head2) minus the
-    random baseline; NaN where layer1 >= layer2."""
+    """q, k, v: [n_layers, n_heads, n_layers, n_heads], the raw score of (layer1, head1) -> (layer2, head2); NaN
+    where layer1 >= layer2. random_baseline: the mean score of random matrices of the same shapes."""
 
     q: torch.Tensor
     k: torch.Tensor
     v: torch.Tensor
     random_baseline: float
 
+    def excess(self, mode: str) -> torch.Tensor:
+        """The scores of one mode minus the random baseline."""
+        return getattr(self, mode) - self.random_baseline
+
     def top(self, mode: str, n: int = 5) -> list["CompositionEdge"]:
-        """The n largest scores of one mode, largest first."""
+        """The n largest raw scores of one mode, largest first."""
         s = getattr(self, mode)
         flat = torch.nan_to_num(s, nan=-float("inf")).flatten()
         out = []
@@ -77,6 +82,6 @@ def composition_scores(model, baseline_samples: int | None = None) -> Compositio
 
     def score(right: FactoredMatrix) -> torch.Tensor:
         s = tl_composition_scores(OV, right)  # [L, H, L, H]
-        return torch.where(later.expand_as(s), s - base, torch.nan)
+        return torch.where(later.expand_as(s), s, torch.nan)
 
     return CompositionScores(q=score(QK), k=score(QK.T), v=score(OV), random_baseline=base)

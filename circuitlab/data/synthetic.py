@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from circuitlab.errors import CircuitlabError
-
 MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
           "November", "December"]
 COLOURS = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white", "pink", "brown"]
@@ -40,7 +38,7 @@ class SequenceTask:
         raise NotImplementedError
 
     def settings(self) -> dict:
-        """The arguments of this task's factory (`make_sequence_task(name, **settings)` rebuilds it)."""
+        """The arguments of this task's factory: what identifies the task in a run's run.json."""
         raise NotImplementedError  # pragma: no cover - abstract
 
 
@@ -123,11 +121,3 @@ def pattern_task(n_examples: int = 12) -> PatternTask:
     return PatternTask("pattern", len(words), 1 + PatternTask.EXAMPLE * n_examples, words, n_examples,
                        [group(MONTHS), group(COLOURS)], [group(ANIMALS), group(FRUITS)], ids[":"], ids["\n"],
                        group(["0", "1", "2", "3"]))
-
-
-def make_sequence_task(name: str, **settings) -> SequenceTask:
-    """A synthetic task by name ('translation' or 'pattern') with its factory's settings."""
-    factories = {"translation": translation_task, "pattern": pattern_task}
-    if name not in factories:
-        raise CircuitlabError(f"unknown synthetic task {name!r}: choose one of {', '.join(factories)}")
-    return factories[name](**settings)

@@ -103,12 +103,6 @@ class Run:
             train["max_steps"] = 0
         return ModelConfig(**(self.config.to_dict() | model_flags)), TrainConfig(**train)
 
-    def task_object(self):
-        """The run's training task, rebuilt from run.json (a language-model task re-reads its corpus)."""
-        from circuitlab.training.tasks import task_from_spec
-
-        return task_from_spec(self.task, self.tokens() if self.task.get("kind") == "language_model" else None)
-
     def tokens(self):
         """The run's tokenized corpus (TokenData: .train, .val), from the token cache, re-tokenized if it is gone."""
         from circuitlab.data import corpus_kwargs, load_corpus, prepare_tokens

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from circuitlab.data.modular import modular_addition
-from circuitlab.data.synthetic import SequenceTask, make_sequence_task
+from circuitlab.data.synthetic import SequenceTask
 from circuitlab.data.tokens import TokenData
 from circuitlab.data.windows import sample_windows
 from circuitlab.errors import CircuitlabError
@@ -204,10 +204,6 @@ class SequenceTaskTraining(Task):
     def __init__(self, task: SequenceTask, heldout: int = 256):
         self.task, self.heldout = task, heldout
 
-    @classmethod
-    def from_spec(cls, spec: dict) -> "SequenceTaskTraining":
-        return cls(make_sequence_task(spec["name"], **spec["settings"]), spec.get("heldout", 256))
-
     def spec(self) -> dict:
         return {"kind": self.kind, "name": self.task.name, "settings": self.task.settings(), "heldout": self.heldout}
 
@@ -235,17 +231,3 @@ class SequenceTaskTraining(Task):
     @torch.no_grad()
     def evaluate(self, model, step: int) -> dict:
         return {"heldout_loss": float(self.loss(model, self.held)), "heldout_accuracy": masked_accuracy(model, *self.held)}
-
-
-def task_from_spec(spec: dict, data: TokenData | None = None) -> Task:
-    """Rebuild a run's task from run.json's "task" (a language-model task needs its tokenized corpus)."""
-    kind = spec.get("kind", LanguageModelTask.kind)
-    if kind == ModularAdditionTask.kind:
-        return ModularAdditionTask(spec["p"], spec["frac"], spec["seed"])
-    if kind == SequenceTaskTraining.kind:
-        return SequenceTaskTraining.from_spec(spec)
-    if kind == LanguageModelTask.kind:
-        if data is None:
-            raise CircuitlabError("a language-model task needs its tokenized corpus (Run.tokens())")
-        return LanguageModelTask(data)
-    raise CircuitlabError(f"unknown task kind {kind!r} in run.json: it was written by a newer circuitlab")

@@ -42,7 +42,7 @@ def composition_figures(a: dict) -> list[dict]:
         z = [[m[0][h_from][1][h_to] for h_to in range(len(m[0][h_from][1]))] for h_from in range(len(m[0]))]
         out.append(fig([{"type": "heatmap", "z": z, "x": [f"1.{h}" for h in range(len(z[0]))],
                          "y": [f"0.{h}" for h in range(len(z))], "colorscale": "Blues"}],
-                       f"{kind.upper()}-composition: layer-0 head (rows) → layer-1 head (columns); random baseline "
+                       f"{kind.upper()}-composition (raw): layer-0 head (rows) → layer-1 head (columns); random baseline "
                        f"{comp['random_baseline']:.3f}", "layer-1 head", "layer-0 head", height=300))
     return out
 

@@ -62,8 +62,8 @@ class CopyingHeads(Result):
 
 @dataclass
 class CompositionSummary(Result):
-    """Composition scores [layer_from, head_from, layer_to, head_to] with the random baseline subtracted, and each
-    mode's strongest pairs."""
+    """Raw composition scores [layer_from, head_from, layer_to, head_to], the random baseline beside them (the mean
+    score of random matrices of the same shapes), and each mode's strongest pairs (raw scores)."""
 
     random_baseline: float
     k_matrix: torch.Tensor

@@ -35,7 +35,7 @@ def print_analysis(r: ModelAnalysis) -> None:
         comp = r.composition
         for mode in ("k", "q", "v"):
             top = ", ".join(f"{e.sender}->{e.receiver} {e.score:.3f}" for e in getattr(comp, mode)[:5])
-            console.print(f"{mode.upper()}-composition, top (random baseline {comp.random_baseline:.3f} subtracted): {top}")
+            console.print(f"{mode.upper()}-composition, top raw scores (random baseline {comp.random_baseline:.3f}): {top}")
         for m in r.induction_mechanism:
             console.print(
                 ("" if m.above_threshold else f"no head above the induction threshold; best candidate (score "
