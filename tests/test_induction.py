@@ -7,7 +7,7 @@ import torch
 from circuitlab.circuits import repeated_random_tokens
 from circuitlab.induction.ablation import ablate_heads, ablated_per_token_loss
 from circuitlab.induction.icl import icl_positions, icl_score, pca_pivot, per_token_pca, repeated_tokens_loss
-from circuitlab.induction.phase import jump_window, loss_bump, overlaps
+from circuitlab.induction.phase import ABRUPT_DECADES, Window, contains, jump_window, loss_bump, overlaps, share_inside
 from tests.planted import induction_model
 
 
@@ -40,18 +40,66 @@ def test_pattern_preserving_ablation_of_the_induction_head_removes_the_icl():
     torch.testing.assert_close(clean, m(windows, return_type="loss", loss_per_token=True), rtol=1e-4, atol=1e-4)
 
 
-def test_jump_window_and_loss_bump():
-    tokens = [0] + [int(x) for x in np.geomspace(1e4, 1e7, 30)]
-    step = [0.0 if t < 2e6 else 1.0 for t in tokens]
-    smooth = [0.02 * i for i in range(31)]
-    w = jump_window(tokens, step)
-    assert w.start < 2e6 <= w.end and w.share == pytest.approx(1.0)
-    assert jump_window(tokens, [0.0] * 31).start is None
-    one = [5 - 0.1 * np.log(t + 1) for t in tokens]
-    two = [a - (0.5 if t >= 2e6 else 0.0) for a, t in zip(one, tokens)]
-    bump = loss_bump(tokens, one, tokens, two)
-    assert bump.start < 2e6 <= bump.end and overlaps(bump, w)
-    assert jump_window(tokens, smooth).end is not None  # a smooth rise still has a window, but a wide one
+# Null and positive curves over a run whose checkpoints are log-spaced early and every 256k tokens later, as the
+# experiment's are: tokens 0, 1e4 ... 20M.
+TOKENS = [0] + sorted({int(x) for x in np.geomspace(1e4, 2e7, 24)} | set(range(256_000, 20_000_001, 256_000)))
+
+
+def logistic(t, centre: float, decades: float) -> float:
+    """A rise from 0 to 1 in log-tokens whose 10%->90% part spans `decades`."""
+    if t <= 0:
+        return 0.0
+    scale = decades / (2 * np.log(9))  # the logistic's 10%->90% width is 2 ln 9 scales
+    return float(1 / (1 + np.exp(-(np.log10(t) - np.log10(centre)) / scale)))
+
+
+NULL_RISES = {
+    "linear in tokens": [t / 2e7 for t in TOKENS],
+    "linear in log-tokens": [max(0.0, np.log10(t) - 4) / np.log10(2e3) if t else 0.0 for t in TOKENS],
+    "logistic over 1.2 decades": [logistic(t, 3e6, 1.2) for t in TOKENS],
+    "flat": [0.02] * len(TOKENS),
+}
+
+
+def test_phase_window_is_abrupt_only_for_a_phase_change():
+    sharp = jump_window(TOKENS, [logistic(t, 1e7, 0.25) for t in TOKENS])
+    assert sharp.found and sharp.abrupt and sharp.start < 1e7 < sharp.end and sharp.decades < ABRUPT_DECADES
+    for name, curve in NULL_RISES.items():
+        w = jump_window(TOKENS, curve)
+        assert not w.abrupt, (name, w)
+    assert jump_window(TOKENS, NULL_RISES["linear in tokens"]).decades > 0.9  # log10(9) in the continuum
+
+
+def test_share_inside_a_window():
+    w = jump_window(TOKENS, [logistic(t, 1e7, 0.25) for t in TOKENS])
+    same = share_inside(TOKENS, [-logistic(t, 1e7, 0.25) for t in TOKENS], w, increasing=False)
+    later = share_inside(TOKENS, [-logistic(t, 1e5, 0.25) for t in TOKENS], w, increasing=False)
+    assert same > 0.75 and later < 0.05
+    assert share_inside(TOKENS, NULL_RISES["linear in tokens"], w) < 0.5
+    assert share_inside(TOKENS, [0.0] * len(TOKENS), w) is None
+
+
+def test_loss_bump_controls():
+    phase = [logistic(t, 1e7, 0.25) for t in TOKENS]
+    w = jump_window(TOKENS, phase)
+    rng = np.random.default_rng(0)
+    one = [5 - 0.1 * np.log(t + 1) + rng.normal(0, 0.002) for t in TOKENS]
+    bumped = [a - 0.2 * p for a, p in zip(one, phase)]  # 2L pulls ahead by 0.2 nats inside the window
+    b = loss_bump(TOKENS, one, TOKENS, bumped, w)
+    assert b.found and b.drop == pytest.approx(0.2 * 0.8, abs=0.04) and b.slope_inside < 2 * min(b.slope_before, 0)
+    # negative controls: 2L equal to 1L plus noise; 2L pulling ahead steadily (linear in log-tokens); no window
+    same = [a + rng.normal(0, 0.002) for a in one]
+    assert not loss_bump(TOKENS, one, TOKENS, same, w).found
+    trend = [a - 0.05 * np.log10(max(t, 1e4) / 1e4) for a, t in zip(one, TOKENS)]
+    r = loss_bump(TOKENS, one, TOKENS, trend, w)
+    assert not r.found and "no faster" in r.reason
+    assert loss_bump(TOKENS, one, TOKENS, bumped, Window(None, None, None)).reason == "no phase-change window"
+
+
+def test_windows_contain_and_overlap_with_a_small_slack():
+    w = Window(8_000_000, 12_000_000, None)
+    assert contains(w, 1e7) and contains(w, 6.5e6) and not contains(w, 4e6) and not contains(w, 2e7)
+    assert overlaps(w, Window(13_000_000, 20_000_000, None)) and not overlaps(w, Window(2e5, 5e5, None))
 
 
 def test_per_token_pca_pivot():

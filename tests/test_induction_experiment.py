@@ -9,7 +9,7 @@ import torch
 from circuitlab.data import sample_windows
 from circuitlab.data.synthetic import pattern_task, translation_task
 from circuitlab.experiments.induction import InductionResults, induction_preset, run_induction_experiment
-from circuitlab.experiments.induction.analysis import smooth
+from circuitlab.series import running_median as smooth
 from circuitlab.induction.behaviours import translation_behaviour
 from circuitlab.induction.measure import Probe, measure_checkpoint, measure_run
 from circuitlab.training import Run, TrainConfig, train
@@ -144,3 +144,47 @@ def test_induction_experiment_end_to_end_and_reuse(small_corpus_dir, tmp_path):
     assert (out / "runs" / "2L" / "measurements.jsonl").read_text() == measured
     assert {p: p.stat().st_mtime_ns for p in (out / "tasks").rglob("*.safetensors")} == task_ckpts
     assert [c.measured for c in r2.claims] == [c.measured for c in r.claims]
+
+
+def _curves(tokens, induction, icl, final_heads=()):
+    """ModelCurves of a synthetic run: best induction score and ICL score per checkpoint."""
+    from circuitlab.experiments.induction.analysis import phase_windows
+    from circuitlab.experiments.induction.results import CurvePoint, FinalScores, ModelCurves
+
+    curve = [CurvePoint(t, i, 3.0, c, b, b, 3.0, 2.0) for i, (t, b, c) in enumerate(zip(tokens, induction, icl))]
+    final = FinalScores(None, None, None, None, None, icl[-1], 3.0, tokens[-1])
+    return ModelCurves({}, {}, curve, [], final, list(final_heads), phase_windows(tokens, induction, icl))
+
+
+def _phase_verdicts(induction, icl, bump_size=0.2, pivot=1e7):
+    from circuitlab.experiments.induction.claims import phase_change_claims
+    from circuitlab.induction.phase import loss_bump
+    from tests.test_induction import TOKENS
+
+    two = _curves(TOKENS, induction, icl)
+    rng = np.random.default_rng(1)
+    one_loss = [5 - 0.1 * np.log(t + 1) + rng.normal(0, 0.002) for t in TOKENS]
+    two_loss = [a - bump_size * x / max(induction) for a, x in zip(one_loss, induction)]
+    bump = loss_bump(TOKENS, one_loss, TOKENS, two_loss, two.windows.induction)
+    return [c.verdict for c in phase_change_claims(two, bump, int(pivot), "synthetic", "ICL")]
+
+
+def test_phase_change_claims_positive_and_negative_controls():
+    """A sharp rise (10%->90% within 0.25 decades) with ICL, the loss bump and the PCA pivot in the same window is
+    reproduced on every claim; rises that are linear in tokens, linear in log-tokens, a logistic spread over 1.2
+    decades, or flat are not reproduced on any of them -- whatever the ICL does."""
+    from tests.test_induction import NULL_RISES, TOKENS, logistic
+
+    sharp = [0.02 + 0.3 * logistic(t, 1e7, 0.25) for t in TOKENS]
+    icl_sharp = [-0.1 - 0.3 * logistic(t, 1e7, 0.25) for t in TOKENS]
+    assert _phase_verdicts(sharp, icl_sharp) == ["reproduced"] * 5
+    for name, rise in NULL_RISES.items():
+        induction = [0.02 + 0.3 * x for x in rise]
+        for icl in (icl_sharp, [-0.1 - 0.3 * x for x in rise]):
+            assert _phase_verdicts(induction, icl) == ["not reproduced"] * 5, name
+    # each coincidence can fail on its own: ICL that changes a decade earlier, no bump, a pivot elsewhere
+    icl_early = [-0.1 - 0.3 * logistic(t, 1e6, 0.25) for t in TOKENS]
+    assert _phase_verdicts(sharp, icl_early) == ["reproduced", "not reproduced", "reproduced", "not reproduced",
+                                                 "reproduced"]
+    assert _phase_verdicts(sharp, icl_sharp, bump_size=0.0)[2] == "not reproduced"
+    assert _phase_verdicts(sharp, icl_sharp, pivot=2e5)[4] == "not reproduced"

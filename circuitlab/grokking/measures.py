@@ -24,6 +24,7 @@ from circuitlab.grokking.fourier import (
 )
 from circuitlab.model.last_position import last_position_logits
 from circuitlab.results import Result
+from circuitlab.series import running_median
 
 
 def _a_plus_b_directions(p: int, ks: list[int]) -> Tensor:
@@ -156,19 +157,13 @@ class Phases(Result):
     grokked: int | None
 
 
-def _running_median(x: list[float], k: int) -> list[float]:
-    a = np.asarray(x, dtype=float)
-    h = k // 2
-    return [float(np.median(a[max(0, i - h) : i + h + 1])) for i in range(len(a))]
-
-
 def detect_phases(metrics: list[dict], smooth: int = 9) -> Phases:
     """From metrics rows {epoch, train_acc, test_acc, test_loss}."""
     fit = next((r["epoch"] for r in metrics if r["train_acc"] >= 0.99), None)
     grok_i = next((i for i, r in enumerate(metrics) if r["test_acc"] >= 0.99), None)
     if fit is None or grok_i is None:
         return Phases(fit, None, None, None)
-    loss = _running_median([r["test_loss"] for r in metrics], smooth)
+    loss = running_median([r["test_loss"] for r in metrics], smooth)
     epochs = [r["epoch"] for r in metrics]
     first = next(i for i, e in enumerate(epochs) if e >= fit)
     if grok_i <= first:

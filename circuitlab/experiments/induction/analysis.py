@@ -17,6 +17,7 @@ from circuitlab.heads import Head, induction_heads
 from circuitlab.induction.icl import icl_positions, pca_pivot, per_token_pca
 from circuitlab.induction.measure import Measurement, pca_matrix, read_measurements
 from circuitlab.induction.phase import Window, jump_window, loss_bump
+from circuitlab.series import running_median as smooth
 from circuitlab.training import Run
 from circuitlab.training.presets import ExperimentPreset
 
@@ -34,13 +35,6 @@ def read_rows(run_dir: Path) -> list[Measurement]:
     return [done[s] for s in sorted(done)]
 
 
-def smooth(values: list[float], k: int = 5) -> list[float]:
-    """Centred running median over k points (the per-checkpoint measurements are noisy)."""
-    v = np.asarray(values, dtype=float)
-    h = k // 2
-    return [float(np.median(v[max(0, i - h) : i + h + 1])) for i in range(len(v))]
-
-
 def row_heads(row: Measurement) -> list[Head]:
     """The induction heads of one checkpoint (`circuitlab.heads.induction_heads`)."""
     return induction_heads(torch.tensor(row.induction)) if row.induction is not None else []
@@ -53,12 +47,10 @@ def value_at(rows: list, tokens: int | None, key: str):
     return getattr(min(rows, key=lambda r: abs(r.tokens - tokens)), key)
 
 
-def phase_windows(rows: list[Measurement]) -> PhaseWindows:
-    t = [r.tokens for r in rows]
-    has_heads = rows[0].best_induction is not None
-    ind = jump_window(t, smooth([r.best_induction for r in rows])) if has_heads else Window(None, None, None)
-    icl = jump_window(t, smooth([r.icl for r in rows]), increasing=False)
-    return PhaseWindows(ind, icl)
+def phase_windows(tokens: list[int], best_induction: list[float] | None, icl: list[float]) -> PhaseWindows:
+    """The phase-change windows (10% -> 90% of the change) of the smoothed best induction score and ICL score."""
+    ind = jump_window(tokens, smooth(best_induction)) if best_induction is not None else Window(None, None, None)
+    return PhaseWindows(ind, jump_window(tokens, smooth(icl), increasing=False))
 
 
 def analyze_ablations(run: Run, rows: list[Measurement], windows: torch.Tensor, group: list[Head],
@@ -139,7 +131,10 @@ def model_curves(run: Run, rows: list[Measurement]) -> ModelCurves:
         train_loss=[TrainLossPoint(m["tokens"], m["train_loss"]) for m in run.metrics if m.get("train_loss") is not None],
         final=FinalScores(final.induction, final.prefix_matching, final.copying, final.previous_token,
                           final.duplicate_token, final.icl, final.heldout_loss, final.tokens),
-        induction_heads=row_heads(final), windows=phase_windows(rows))
+        induction_heads=row_heads(final),
+        windows=phase_windows([r.tokens for r in rows],
+                              [r.best_induction for r in rows] if final.best_induction is not None else None,
+                              [r.icl for r in rows]))
 
 
 def analyze_induction(preset: ExperimentPreset, out: Path) -> InductionResults:
@@ -154,8 +149,9 @@ def analyze_induction(preset: ExperimentPreset, out: Path) -> InductionResults:
     main = "2L"
     r2 = rows[main]
     w = models[main].windows
-    bump = loss_bump([r.tokens for r in rows["1L"]], smooth([r.heldout_loss for r in rows["1L"]]),
-                     [r.tokens for r in r2], smooth([r.heldout_loss for r in r2]))
+    train_1l, train_2l = models["1L"].train_loss, models[main].train_loss
+    bump = loss_bump([p.tokens for p in train_1l], smooth([p.train_loss for p in train_1l]),
+                     [p.tokens for p in train_2l], smooth([p.train_loss for p in train_2l]), w.induction)
     traj, var = per_token_pca(pca_matrix(r2))
     pivot = pca_pivot(traj)
     # loss by position at three moments: before the window, after it, and at the end

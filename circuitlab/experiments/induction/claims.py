@@ -6,10 +6,11 @@ from typing import TYPE_CHECKING
 
 from circuitlab.experiments.claims import Claim, verdict
 from circuitlab.heads import INDUCTION
-from circuitlab.induction.phase import Window, overlaps
+from circuitlab.induction.phase import ABRUPT_DECADES, BUMP_SLOPE_RATIO, LossBump, Window, contains, overlaps, share_inside
+from circuitlab.series import running_median
 
 if TYPE_CHECKING:
-    from circuitlab.experiments.induction.results import InductionResults
+    from circuitlab.experiments.induction.results import InductionResults, ModelCurves
 
 PAPER = "Olsson et al. 2022"
 COPYING_NAME = "zorblax_quintile"
@@ -29,44 +30,62 @@ def _at(curve, tokens: int | None, key: str):
     return getattr(min(curve, key=lambda r: abs(r.tokens - tokens)), key)
 
 
+def _decades(w: Window) -> str:
+    return f" ({w.decades:.2f} decades)" if w.decades is not None else ""
+
+
+def phase_change_claims(two: "ModelCurves", bump: LossBump, pca_pivot_tokens: int | None, pca_text: str,
+                        icl_note: str) -> list[Claim]:
+    """The claims about the 2L phase change. Each needs the phase change itself first: an abrupt window (10% -> 90%
+    of the smoothed best induction score's rise within ABRUPT_DECADES decades of tokens) to a score >= INDUCTION."""
+    curve = two.curve
+    wi, wl = two.windows.induction, two.windows.icl
+    before_t = wi.start if wi.found else curve[1].tokens
+    final = curve[-1]
+    phase = wi.abrupt and final.best_induction is not None and final.best_induction >= INDUCTION
+    gate = "" if phase else "; no phase change in the induction score, so none to coincide with"
+    tokens = [c.tokens for c in curve]
+    claims = [Claim(
+        PAPER, "Two-layer attention-only models form induction heads in a phase change: a narrow window of training",
+        f"best induction score rises to ≥ {INDUCTION}, 10%→90% of the rise within ≤ {ABRUPT_DECADES} decades of tokens",
+        f"window {window_text(wi)}{_decades(wi)}; best induction score {_at(curve, before_t, 'best_induction'):.3f} → "
+        f"{final.best_induction:.3f} (final, {fmt_tokens(final.tokens)} tokens); heads "
+        f"{', '.join(map(str, two.induction_heads)) or 'none'}", verdict(phase), "induction-phase")]
+    claims.append(Claim(
+        PAPER, "In-context learning improves abruptly in the same window as the induction heads form",
+        f"the ICL score's own window is abrupt (≤ {ABRUPT_DECADES} decades) and overlaps the induction window",
+        f"{icl_note}: {_at(curve, before_t, 'icl'):.3f} → {final.icl:.3f}; ICL window {window_text(wl)}{_decades(wl)}"
+        + gate, verdict(phase and wl.abrupt and overlaps(wi, wl)), "induction-phase"))
+    claims.append(Claim(
+        PAPER, "The phase change shows as a bump in the loss: the 2L training loss departs from the 1L curve",
+        f"inside the induction window the gap L_2L − L_1L (training loss) falls ≥ {BUMP_SLOPE_RATIO:g}× as fast per "
+        "decade as just before and after it, beyond its noise",
+        (f"the gap falls {bump.drop:.3f} nats inside the window; slope {bump.slope_inside:+.3f} vs "
+         f"{bump.slope_before:+.3f} before and {bump.slope_after:+.3f} after (nats per decade); noise {bump.noise:.3f}"
+         if bump.drop is not None else "no bump measured") + (f"; {bump.reason}" if bump.reason else ""),
+        verdict(phase and bump.found), "induction-phase"))
+    share = share_inside(tokens, running_median([c.icl for c in curve]), wi, increasing=False) if phase else None
+    claims.append(Claim(
+        PAPER, "Most of the final in-context learning forms inside the phase-change window",
+        "> 75% of the ICL change (early level → final) inside the induction window",
+        (f"{100 * share:.0f}% of the change from the early level to the final ICL score (smoothed, 5 checkpoints) "
+         f"inside {window_text(wi)}" if share is not None else "no share measured") + gate,
+        verdict(share is not None and share > 0.75), "induction-phase"))
+    pivot_in = phase and pca_pivot_tokens is not None and contains(wi, pca_pivot_tokens)
+    claims.append(Claim(
+        PAPER, "The per-token-loss PCA trajectory turns at the phase change", "pivot inside the induction window",
+        f"pivot at {fmt_tokens(pca_pivot_tokens)} tokens ({pca_text})" + gate, verdict(pivot_in), "induction-pca"))
+    return claims
+
+
 def induction_claims(r: "InductionResults") -> list[Claim]:
     m, icl_note = r.models, f"ICL = loss(token {r.icl_positions.late}) − loss(token {r.icl_positions.early})"
     two = m["2L"]
-    curve = two.curve
-    wi, wl = two.windows.induction, two.windows.icl
-    before_t = wi.start if wi.start is not None else curve[1].tokens
-    final = curve[-1]
-    claims = []
-    jump = wi.start is not None and final.best_induction >= INDUCTION
-    claims.append(Claim(
-        PAPER, "Two-layer attention-only models form induction heads in a phase change: a narrow window of training",
-        f"best induction score jumps to ≥ {INDUCTION} within a window",
-        f"window {window_text(wi)}; best induction score {_at(curve, before_t, 'best_induction'):.3f} → "
-        f"{final.best_induction:.3f} (final, {fmt_tokens(final.tokens)} tokens); heads "
-        f"{', '.join(map(str, two.induction_heads)) or 'none'}", verdict(jump), "induction-phase"))
-    icl_ok = wl.start is not None and overlaps(wi, wl)
-    claims.append(Claim(
-        PAPER, "In-context learning improves abruptly in the same window as the induction heads form",
-        "ICL-score window overlaps the induction window",
-        f"{icl_note}: {_at(curve, before_t, 'icl'):.3f} → {final.icl:.3f}; ICL window {window_text(wl)}",
-        verdict(icl_ok), "induction-phase"))
-    bump = r.loss_bump
-    claims.append(Claim(
-        PAPER, "The phase change shows as a bump in the loss: the 2L loss curve departs from the 1L curve",
-        "loss-bump window overlaps the induction window",
-        f"L_2L − L_1L falls fastest over {window_text(bump)}", verdict(overlaps(bump, wi)), "induction-phase"))
-    share = wl.share
-    claims.append(Claim(
-        PAPER, "Most of the final in-context learning forms inside the phase-change window", "> 75% of the ICL change",
-        "no ICL window" if share is None else
-        f"{100 * share:.0f}% of the change from the early level to the final ICL score (smoothed, 5 checkpoints)",
-        verdict(share is not None and share > 0.75), "induction-phase"))
+    wi = two.windows.induction
+    final = two.curve[-1]
     pca = r.pca
-    in_w = overlaps(Window(pca.pivot_tokens, pca.pivot_tokens, None), wi)
-    claims.append(Claim(
-        PAPER, "The per-token-loss PCA trajectory turns at the phase change", "pivot inside the induction window",
-        f"pivot at {fmt_tokens(pca.pivot_tokens)} tokens ({pca.examples} held-out examples, one token each; "
-        f"PC1+PC2 explain {100 * sum(pca.explained_variance):.0f}%)", verdict(in_w), "induction-pca"))
+    claims = phase_change_claims(two, r.loss_bump, pca.pivot_tokens, f"{pca.examples} held-out examples, one token "
+                                 f"each; PC1+PC2 explain {100 * sum(pca.explained_variance):.0f}%", icl_note)
     one = m["1L"]
     one_best = max(c.best_induction for c in one.curve[1:])
     claims.append(Claim(
@@ -77,18 +96,19 @@ def induction_claims(r: "InductionResults") -> list[Claim]:
         "induction-controls"))
     if "1L-smeared" in m:
         s1 = m["1L-smeared"]
-        ok = s1.curve[-1].best_induction >= INDUCTION and s1.windows.induction.start is not None
+        ok = s1.curve[-1].best_induction >= INDUCTION and s1.windows.induction.abrupt
         claims.append(Claim(
             PAPER, "Smeared keys let a one-layer model form induction heads, with a phase change",
-            f"1L smeared: best induction ≥ {INDUCTION}, with a window",
-            f"best induction {s1.curve[-1].best_induction:.3f}; window {window_text(s1.windows.induction)};"
+            f"1L smeared: best induction ≥ {INDUCTION}, in an abrupt window (≤ {ABRUPT_DECADES} decades)",
+            f"best induction {s1.curve[-1].best_induction:.3f}; window {window_text(s1.windows.induction)}"
+            f"{_decades(s1.windows.induction)};"
             f" ICL {s1.curve[-1].icl:.3f}", verdict(ok), "induction-controls"))
     if "2L-smeared" in m:
         s2 = m["2L-smeared"].windows.induction
-        ok = s2.end is not None and wi.end is not None and s2.end < wi.start
+        ok = s2.abrupt and wi.abrupt and s2.end < wi.start
         claims.append(Claim(
             PAPER, "Smeared keys make a two-layer model form induction heads earlier",
-            "2L-smeared window ends before the 2L window starts",
+            "both have an abrupt window; the 2L-smeared one ends before the 2L one starts",
             f"2L smeared {window_text(s2)} vs 2L {window_text(wi)}", verdict(ok), "induction-controls"))
     ab = r.ablation
     last = ab.over_training[-1] if ab.over_training else None

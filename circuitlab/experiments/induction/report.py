@@ -45,7 +45,8 @@ def induction_figures(r: dict) -> dict[str, dict]:
                       "Best prefix-matching score (25 random tokens × 4)", "", "attention", xaxis=logx, shapes=shapes),
         "loss": fig([_curve(r, n, "heldout_loss") for n in names], "Held-out loss (loss bump: 2L departs from 1L)",
                     "", "nats", xaxis=logx, yaxis={"type": "log"},
-                    shapes=shapes + window_shapes([(r["loss_bump"]["start"], r["loss_bump"]["end"], "#2ca02c")])),
+                    shapes=shapes + (window_shapes([(r["loss_bump"]["window"]["start"], r["loss_bump"]["window"]["end"],
+                                                     "#2ca02c")]) if r["loss_bump"]["found"] else [])),
         "repeat": fig([_curve(r, n, "repeat_second_half_loss") for n in names],
                       "Loss on the second half of repeated random tokens", "", "nats", xaxis=logx, shapes=shapes),
     }
@@ -118,8 +119,9 @@ def induction_sections(page: Page, r: dict) -> None:
                         "ICL window"], wrows) +
                  '<div class="grid">' + page.plot("icl", f["icl"]) + page.plot("induction_score", f["induction_score"]) +
                  page.plot("loss", f["loss"]) + page.plot("prefix", f["prefix"]) + "</div>",
-                 esc(r["icl_positions"]["note"]) + ". Window: where the smoothed series makes 20%→80% of its change. "
-                 "Loss bump (green): where L_2L − L_1L falls fastest.")
+                 esc(r["icl_positions"]["note"]) + ". Window: where the smoothed series makes 10%→90% of its change (abrupt: within 0.5 decades of tokens). "
+                 "Loss bump (green, where found): the window, when the training-loss gap L_2L − L_1L falls at least twice "
+                 "as fast there as around it.")
     page.section("induction-controls", "Controls: one layer, smeared keys",
                  page.plot("repeat", f["repeat"]),
                  "1L (no induction heads possible without composition), 1L and 2L with smeared keys "

@@ -8,7 +8,7 @@ from circuitlab.experiments.claims import Claim
 from circuitlab.heads import Head
 from circuitlab.induction.ablation import AblationResult
 from circuitlab.induction.behaviours import CopyingBehaviour, PatternBehaviour, TranslationBehaviour
-from circuitlab.induction.phase import Window
+from circuitlab.induction.phase import LossBump, Window
 from circuitlab.results import Result
 
 
@@ -146,7 +146,7 @@ class InductionResults(Result):
     differs_from_paper: list[str]
     icl_positions: ICLPositions
     models: dict[str, ModelCurves]
-    loss_bump: Window
+    loss_bump: LossBump
     pca: PCAResult
     loss_by_position: LossByPosition
     ablation: Ablations
