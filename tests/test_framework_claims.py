@@ -50,3 +50,31 @@ def test_bigram_claim_controls():
     for model, expected in ((planted, "reproduced"), (random, "not reproduced")):
         a = analyze_model(model, stream, stream[:2_000])
         assert _verdict(framework_claims({"attn0": a}), words) == expected
+
+
+def test_copying_and_skip_trigram_claims_controls():
+    """Positive: a one-layer model whose every head copies (OV = +I on tokens); negative: random weights."""
+    from tests.planted import copying_model
+
+    planted = copying_model(V=40)
+    with torch.no_grad():  # make all three heads copying heads
+        a = planted.blocks[0].attn
+        for h in (1, 2):
+            a.W_V[h], a.W_O[h], a.W_Q[h], a.W_K[h] = a.W_V[0], a.W_O[0], a.W_Q[0], a.W_K[0]
+    random = Transformer(ModelConfig(**{**planted.cfg.to_dict(), "seed": 5}))
+    stream = _stream(40, 20_000)
+    for model, expected in ((planted, "reproduced"), (random, "not reproduced")):
+        claims = framework_claims({"attn1": analyze_model(model, stream, stream[:2_000], n_text=8)})
+        assert _verdict(claims, "copying heads") == expected
+        assert _verdict(claims, "skip-trigrams") == expected
+
+
+def test_term_importance_claim_controls(two_layer):
+    """Positive: the planted induction circuit on text that repeats (its heads carry the loss, virtual heads none);
+    negative: random weights (heads add nothing)."""
+    planted = induction_model()
+    seq = _stream(planted.cfg.d_vocab, 23)
+    repeating = np.concatenate([np.concatenate([[0], seq, seq])] * 800)
+    a = analyze_model(planted, repeating, repeating[:4_000], n_text=16, trigram_corpus_tokens=10_000)
+    assert _verdict(framework_claims({"attn2": a}), "Term importance") == "reproduced"
+    assert _verdict(framework_claims({"attn2": two_layer["random"]}), "Term importance") == "not reproduced"

@@ -164,3 +164,42 @@ def test_grokking_experiment_cli(tmp_path):
     assert CliRunner().invoke(app, args).exit_code == 0  # a finished run is reused, not retrained
     r = CliRunner().invoke(app, ["experiment", "grokking", "--out", str(tmp_path / "h"), "--p", "15"])
     assert r.exit_code == 2 and "prime" in r.output
+
+
+def _rows(test_loss, fit_epoch=100, grok_epoch=900, last=1000):
+    return [{"epoch": e, "train_acc": 1.0 if e >= fit_epoch else 0.5, "test_acc": 1.0 if e >= grok_epoch else 0.0,
+             "test_loss": test_loss(e)} for e in range(10, last + 1, 10)]
+
+
+def test_phases_need_a_plateau_then_a_collapse():
+    plateau = detect_phases(_rows(lambda e: 5 + e / 100 if e <= 200 else 7.0 if e < 700 else max(0.01, 7 - (e - 700) / 30)))
+    assert plateau.found and plateau.formation_fall < 0.1 and plateau.cleanup_fall > 0.9
+    steady = detect_phases(_rows(lambda e: max(0.01, 7 - e / 130)))  # falls steadily from the start
+    assert steady.found and 0.4 < steady.formation_fall < 0.6  # ordered boundaries, but no plateau
+
+
+def test_untrained_model_reproduces_no_grokking_claim(tmp_path):
+    """Negative control: 20 epochs of the paper's optimiser learn nothing; every claim must say 'not reproduced'
+    (the ablation claims included: there are no key frequencies to ablate)."""
+    from circuitlab.experiments.grokking import grokking_preset, run_grokking_experiment
+
+    r = run_grokking_experiment(grokking_preset("paper", p=13, frac=0.5, d_model=16, n_heads=2, d_head=8, d_mlp=32,
+                                                epochs=20, checkpoint_every=10), tmp_path / "g", progress=False)
+    assert r.phases.grokked is None
+    assert {c.claim: c.verdict for c in r.claims} == {c.claim: "not reproduced" for c in r.claims}
+    assert len(r.claims) == 12  # every claim is stated, whatever the run did
+
+
+def test_three_phase_claim_fails_on_a_steadily_falling_test_loss(tmp_path):
+    """The same results with a plateau-then-collapse test loss, or a steadily falling one: only the first gives
+    'reproduced' for the three phases."""
+    from dataclasses import replace
+
+    from circuitlab.experiments.grokking import grokking_claims, grokking_preset, run_grokking_experiment
+
+    r = run_grokking_experiment(grokking_preset("paper", p=13, frac=0.5, d_model=16, n_heads=2, d_head=8, d_mlp=32,
+                                                epochs=20, checkpoint_every=10), tmp_path / "g", progress=False)
+    plateau = detect_phases(_rows(lambda e: 5 + e / 100 if e <= 200 else 7.0 if e < 700 else max(0.01, 7 - (e - 700) / 30)))
+    steady = detect_phases(_rows(lambda e: max(0.01, 7 - e / 130)))
+    three = lambda ph: next(c.verdict for c in grokking_claims(replace(r, phases=ph)) if "Three phases" in c.claim)  # noqa: E731
+    assert three(plateau) == "reproduced" and three(steady) == "not reproduced"

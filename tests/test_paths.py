@@ -181,3 +181,33 @@ def test_olsson_copying_score_of_planted_heads():
     assert s[0, 0] > 0.8 and s[0, 1] < -0.5 and abs(float(s[0, 2])) < 0.5  # copying, anti-copying, random
     ind = copying_score(induction_model(), n_tokens=10, n_repeats=4)
     assert ind[1, 1] > 0.8  # the induction head copies the token it attends to
+
+
+def test_olsson_copying_score_is_the_share_of_the_raise_on_the_attended_token():
+    """Olsson et al.'s copying evaluator: a head that attends to a token and raises it by 10 and 100 other tokens by 1
+    puts ~10/110 of its raise on what it attends to, so it scores ~0.09 (a cosine of the raise with the attention
+    would say ~0.7); raising only the attended token scores ~1."""
+    from circuitlab.circuits import copying_score
+    from circuitlab.model import ModelConfig, Transformer
+
+    V = 1000
+    g = torch.Generator().manual_seed(0)
+
+    def head(spill: int) -> Transformer:
+        m = Transformer(ModelConfig(n_layers=1, d_model=V, n_heads=1, d_head=V, n_ctx=64, d_vocab=V))
+        with torch.no_grad():
+            m.W_E.copy_(torch.eye(V)), m.W_pos.zero_(), m.W_U.copy_(torch.eye(V))
+            a = m.blocks[0].attn
+            a.W_Q[0] = 20 * V**0.5 * torch.eye(V)  # attends to its own token (and its earlier copies), sharply
+            a.W_K[0] = torch.eye(V)
+            a.W_V[0] = torch.eye(V)
+            ov = 10 * torch.eye(V)
+            for t in range(V):  # each token also raises `spill` other tokens by 1
+                others = torch.randperm(V, generator=g)[: spill + 1]
+                ov[t, others[others != t][:spill]] = 1.0
+            a.W_O[0] = ov
+        return m
+
+    spread = float(copying_score(head(100), n_tokens=25, n_repeats=2)[0, 0])
+    clean = float(copying_score(head(0), n_tokens=25, n_repeats=2)[0, 0])
+    assert 0.06 < spread < 0.13 and clean > 0.95

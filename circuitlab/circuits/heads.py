@@ -72,7 +72,8 @@ def induction_and_duplicate_scores(model, n_tokens: int, batch: int = 10, bos: i
 def prefix_matching_score(model, n_tokens: int = 25, n_repeats: int = 4, batch: int = 10, bos: int | None = 0,
                           seed: int = 0, allowed: torch.Tensor | None = None) -> torch.Tensor:
     """Olsson et al. 2022, 'Prefix matching': BOS + 25 random tokens repeated 4 times; for every token after the first
-    repeat, the attention summed over the tokens that followed its earlier copies, averaged. [n_layers, n_heads]."""
+    repeat, the mean attention to the tokens that followed its earlier copies (averaged over those copies, as the
+    paper does), averaged over tokens and sequences. [n_layers, n_heads]."""
     tokens = repeated_random_tokens(n_tokens, n_repeats, batch, model.cfg.d_vocab, bos, seed, allowed)
     p = attention_patterns(model, tokens)
     off = 1 if bos is not None else 0
@@ -80,7 +81,7 @@ def prefix_matching_score(model, n_tokens: int = 25, n_repeats: int = 4, batch: 
     for dest in range(off + n_tokens, off + n_tokens * n_repeats):
         srcs = torch.arange(dest - n_tokens + 1, off, -n_tokens)  # after each earlier copy
         srcs = srcs[srcs < dest]
-        total = total + p[..., dest, srcs].sum(-1).mean(1)
+        total = total + p[..., dest, srcs].mean(-1).mean(1)
         count += 1
     return total / count
 
@@ -89,11 +90,11 @@ def prefix_matching_score(model, n_tokens: int = 25, n_repeats: int = 4, batch: 
 def copying_score(model, n_tokens: int = 25, n_repeats: int = 4, batch: int = 10, bos: int | None = 0, seed: int = 0,
                   allowed: torch.Tensor | None = None) -> torch.Tensor:
     """Olsson et al. 2022, 'Copying' evaluator, on the prefix-matching sequences: each head's direct effect on the
-    logits at every position, l = (z W_O) W_U, mean-subtracted over the vocabulary. How much of the raise relu(l)
-    lands on the tokens the head attends to is measured as the cosine similarity between relu(l) and the head's
-    attention mass per token id a (so a head spreading its attention over several tokens and raising each in
-    proportion still scores 1); the same for the lowering relu(-l) is subtracted, giving a score in [-1, 1]:
-    +1 = raises exactly what it attends to (copying), -1 = lowers it (anti-copying), ~0 = unrelated.
+    logits at every position, l = (z W_O) W_U, mean-subtracted over the vocabulary, then ReLU; the score is the share
+    of that raise that lands on the tokens the head attends to -- sum_v relu(l)_v w_v / sum_v relu(l)_v, with w_v the
+    attention on token v relative to the most-attended token (1 for the token a one-hot head attends to). The same
+    share of the lowering relu(-l) is subtracted, so the score lies in [-1, 1]: +1 = raises exactly what it attends
+    to, -1 = lowers it, ~0 = unrelated; a head raising its target by 10 and 100 other tokens by 1 scores ~0.1.
     Averaged over positions after BOS. [n_layers, n_heads]."""
     tokens = repeated_random_tokens(n_tokens, n_repeats, batch, model.cfg.d_vocab, bos, seed, allowed)
     names = [f"blocks.{l}.attn.hook_{k}" for l in range(model.cfg.n_layers) for k in ("z", "pattern")]
@@ -105,8 +106,9 @@ def copying_score(model, n_tokens: int = 25, n_repeats: int = 4, batch: int = 10
         logits = torch.einsum("bqhe,hed,dv->bqhv", z, model.W_O[l], model.W_U)
         logits = logits - logits.mean(-1, keepdim=True)
         attended = torch.einsum("bhqk,bkv->bqhv", pattern, onehot)  # attention mass on each token id
+        weight = attended / attended.amax(-1, keepdim=True).clamp_min(1e-30)
         up, down = logits.clamp_min(0), (-logits).clamp_min(0)
-        share = lambda x: torch.nn.functional.cosine_similarity(x, attended, dim=-1, eps=1e-30)  # noqa: E731
+        share = lambda x: (x * weight).sum(-1) / x.sum(-1).clamp_min(1e-30)  # noqa: E731
         out.append((share(up) - share(down))[:, 1:].mean(dim=(0, 1)))  # skip the BOS position
     return torch.stack(out)
 

@@ -143,18 +143,27 @@ def frequency_ablation(model, p: int, ks: list[int], rows: Tensor | None = None)
 
 @dataclass
 class Phases(Result):
-    """Epoch boundaries: memorisation [0, memorised), circuit formation [memorised, cleanup), cleanup
-    [cleanup, grokked]. With the test loss smoothed by a running median (`smooth` rows):
-      memorised: where the test loss peaks before grokking (training data memorised, generalisation at its worst);
+    """Epoch boundaries (Nanda et al. 2023, section 5.2): memorisation [0, memorised), circuit formation
+    [memorised, cleanup), cleanup [cleanup, grokked]. With the test loss smoothed by a running median:
+      memorised: where the test loss peaks after the training set is fitted (generalisation at its worst);
       cleanup:   the last epoch before grokking at which the test loss is still at or above its median level over
                  [memorised, grokked] (it leaves the plateau for the final descent);
       grokked:   the first epoch with test accuracy >= 99%.
-    train_fit: the first epoch with train accuracy >= 99%. None where the run never got there."""
+    train_fit: the first epoch with train accuracy >= 99%. None where the run never got there.
+    formation_fall / cleanup_fall: the shares of the test loss's fall from its peak to grokking that happen during
+    circuit formation and during cleanup. The paper's test loss stays on a plateau while the circuit forms and
+    collapses in cleanup; a test loss that falls steadily falls about as much in each."""
 
     train_fit: int | None
     memorised: int | None
     cleanup: int | None
     grokked: int | None
+    formation_fall: float | None = None
+    cleanup_fall: float | None = None
+
+    @property
+    def found(self) -> bool:
+        return None not in (self.memorised, self.cleanup, self.grokked)
 
 
 def detect_phases(metrics: list[dict], smooth: int = 9) -> Phases:
@@ -171,4 +180,6 @@ def detect_phases(metrics: list[dict], smooth: int = 9) -> Phases:
     peak = max(range(first, grok_i), key=lambda i: loss[i])
     level = float(np.median(loss[peak:grok_i]))
     cleanup = max((i for i in range(peak, grok_i) if loss[i] >= level), default=peak)
-    return Phases(fit, epochs[peak], epochs[cleanup], epochs[grok_i])
+    fall = loss[peak] - loss[grok_i]
+    shares = ((loss[peak] - loss[cleanup]) / fall, (loss[cleanup] - loss[grok_i]) / fall) if fall > 0 else (None, None)
+    return Phases(fit, epochs[peak], epochs[cleanup], epochs[grok_i], *shares)

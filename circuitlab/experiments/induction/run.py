@@ -12,17 +12,20 @@ import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
 
+from circuitlab.errors import CircuitlabError
 from circuitlab.experiments.induction.presets import PRESETS
 from circuitlab.experiments.induction.results import InductionResults
 from circuitlab.training.presets import ExperimentPreset, choose
 
 
 def _train_and_measure(name: str, mcfg: dict, tcfg: dict, run_dir: str, probe_path: str, threads: int,
-                       corpus: dict) -> str:
-    """Worker: train (resume / reuse) one model, then measure its checkpoints. Runs in its own process."""
+                       corpus: dict, set_threads: bool = True) -> str:
+    """Worker: train (resume / reuse) one model, then measure its checkpoints. Runs in its own process (or in this
+    one, with set_threads=False, when there is one worker)."""
     import torch
     from safetensors.torch import load_file
 
@@ -31,7 +34,8 @@ def _train_and_measure(name: str, mcfg: dict, tcfg: dict, run_dir: str, probe_pa
     from circuitlab.model import ModelConfig
     from circuitlab.training import Run, TrainConfig, train
 
-    torch.set_num_threads(threads)
+    if set_threads:
+        torch.set_num_threads(threads)
     m, t = ModelConfig.from_dict(mcfg), TrainConfig.from_dict(tcfg)
     run_dir = Path(run_dir)
     run = Run.open(run_dir) if (run_dir / "run.json").exists() else None
@@ -97,13 +101,25 @@ def train_all(preset: ExperimentPreset, out: Path, workers: int | None = None, p
     order = sorted(cfgs, key=lambda n: -cfgs[n][1].max_tokens * (1 + cfgs[n][0].n_layers))
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
+    if workers == 1:  # in this process: no spawn, so a script needs no __main__ guard
+        for n in order:
+            _train_and_measure(n, cfgs[n][0].to_dict(), cfgs[n][1].to_dict(), str(out / "runs" / n), str(probe_path),
+                               threads, corpus, set_threads=False)
+            seconds[n] = time.perf_counter() - t0
+        return seconds
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         futures = {pool.submit(_train_and_measure, n, cfgs[n][0].to_dict(), cfgs[n][1].to_dict(),
                                str(out / "runs" / n), str(probe_path), threads, corpus): n for n in order}
         if progress:
             _show_progress(futures, out, totals, seconds, t0)
         for f, n in futures.items():
-            f.result()  # re-raises a worker's error
+            try:
+                f.result()  # re-raises a worker's error
+            except BrokenProcessPool:
+                raise CircuitlabError(
+                    "a training worker process died: if you call run_induction_experiment from a script, call it under "
+                    "`if __name__ == '__main__':` (worker processes re-import the script), or pass workers=1"
+                ) from None
             seconds.setdefault(n, time.perf_counter() - t0)
     return seconds
 
