@@ -9,6 +9,7 @@ import torch
 from circuitlab.data import sample_windows
 from circuitlab.data.synthetic import pattern_task, translation_task
 from circuitlab.experiments.induction import InductionResults, induction_preset, run_induction_experiment
+from circuitlab.heads import Head
 from circuitlab.series import running_median as smooth
 from circuitlab.induction.behaviours import translation_behaviour
 from circuitlab.induction.measure import Probe, measure_checkpoint, measure_run
@@ -115,10 +116,15 @@ TINY = induction_preset(
 )
 
 
-def test_induction_experiment_end_to_end_and_reuse(small_corpus_dir, tmp_path):
-    out = tmp_path / "exp"
+@pytest.fixture(scope="module")
+def tiny_experiment(small_corpus_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("induction") / "exp"
+    return out, run_induction_experiment(TINY, out, workers=2, progress=False, corpus={"text": str(small_corpus_dir)})
+
+
+def test_induction_experiment_end_to_end_and_reuse(small_corpus_dir, tiny_experiment):
+    out, r = tiny_experiment
     corpus = {"text": str(small_corpus_dir)}
-    r = run_induction_experiment(TINY, out, workers=2, progress=False, corpus=corpus)
     saved = InductionResults.load(out / "results.json")
     assert saved.claims == r.claims and saved.to_json() == r.to_json()  # typed results survive the JSON round trip
     sections = {c.section for c in r.claims}
@@ -188,3 +194,63 @@ def test_phase_change_claims_positive_and_negative_controls():
                                                  "reproduced"]
     assert _phase_verdicts(sharp, icl_sharp, bump_size=0.0)[2] == "not reproduced"
     assert _phase_verdicts(sharp, icl_sharp, pivot=2e5)[4] == "not reproduced"
+
+
+def test_control_ablation_and_behaviour_claims(tiny_experiment):
+    """Each remaining induction claim says 'reproduced' on results with its effect and 'not reproduced' without it,
+    on the tiny run's results with the measured part replaced."""
+    from dataclasses import replace
+
+    from circuitlab.experiments.induction.claims import induction_claims
+    from circuitlab.induction.phase import Window
+
+    _, r = tiny_experiment
+
+    def verdict(res, words):
+        (c,) = [c for c in induction_claims(res) if words in c.claim]
+        return c.verdict
+
+    def with_curve(model, best, icl=None, window=None):
+        m = r.models[model]
+        curve = [replace(c, best_induction=best, icl=icl if icl is not None else c.icl) for c in m.curve]
+        windows = replace(m.windows, induction=window) if window is not None else m.windows
+        return replace(r, models={**r.models, model: replace(m, curve=curve, windows=windows)})
+
+    # 1L control: no induction heads and less ICL than 2L
+    weak = with_curve("1L", 0.01, icl=0.0)
+    assert verdict(weak, "Control: a one-layer model") == "reproduced"
+    assert verdict(with_curve("1L", 0.4, icl=0.0), "Control: a one-layer model") == "not reproduced"
+    # smeared keys: a one-layer model with an abrupt window to a high score, and the 2L-smeared window early
+    sharp, late = Window(400_000, 600_000, 0.8), Window(8_000_000, 12_000_000, 0.8)
+    assert verdict(with_curve("1L-smeared", 0.5, window=sharp), "Smeared keys let a one-layer") == "reproduced"
+    assert verdict(with_curve("1L-smeared", 0.5, window=Window(10_000, 600_000, 0.8)),
+                   "Smeared keys let a one-layer") == "not reproduced"
+    early = with_curve("2L", 0.3, window=late)
+    early = replace(early, models={**early.models, "2L-smeared": replace(
+        early.models["2L-smeared"], windows=replace(early.models["2L-smeared"].windows, induction=sharp))})
+    assert verdict(early, "Smeared keys make a two-layer") == "reproduced"
+    assert verdict(with_curve("2L", 0.3, window=Window(10_000, 8_000_000, 0.8)), "Smeared keys make a two-layer") == \
+        "not reproduced"
+    # pattern-preserving ablation: the group carries almost all ICL; most other heads raise it
+    last = r.ablation.over_training[-1]
+    heads = sum(len(x) for x in last.per_head)
+
+    def ablation(share, raising):  # the group is head 1.0
+        point = replace(last, group=-share * last.clean_icl, group_share=share, heads_raising_icl=raising)
+        return replace(r, ablation=replace(r.ablation, group=[Head(1, 0)],
+                                           over_training=[*r.ablation.over_training[:-1], point]))
+    others = heads - 1
+    assert verdict(ablation(0.9, 0), "carry almost all") == "reproduced"
+    assert verdict(ablation(0.6, 0), "carry almost all") == "not reproduced"
+    assert verdict(ablation(0.9, others), "most other heads") == "reproduced"
+    assert verdict(ablation(0.9, 0), "most other heads") == "not reproduced"
+    # behaviours: translation and pattern matching
+    b = r.behaviours
+    assert verdict(replace(r, behaviours=replace(b, translation=replace(b.translation, best_score=0.9))),
+                   "Fuzzy induction") == "reproduced"
+    assert verdict(replace(r, behaviours=replace(b, translation=replace(b.translation, best_score=0.1))),
+                   "Fuzzy induction") == "not reproduced"
+    assert verdict(replace(r, behaviours=replace(b, pattern=replace(b.pattern, best_share=0.7, accuracy=0.9))),
+                   "Pattern matching") == "reproduced"
+    assert verdict(replace(r, behaviours=replace(b, pattern=replace(b.pattern, best_share=0.7, accuracy=0.25))),
+                   "Pattern matching") == "not reproduced"
