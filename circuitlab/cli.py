@@ -175,14 +175,17 @@ def analyze(
 def reproduce(
     preset: str = typer.Option("quick", help="'quick' (a 2-core CPU, about half an hour) or 'full' (the papers' context; many hours)."),
     out: Optional[Path] = typer.Option(None, help="Output directory (default runs/reproduce-PRESET); finished stages in it are reused."),
+    text: Optional[str] = typer.Option(None, help="Your own text for the language models: a file, a folder or a glob."),
+    hf_dataset: Optional[str] = typer.Option(None, help="A Hugging Face dataset NAME[:SPLIT] for the language models."),
 ):
     """Every experiment (circuits, induction heads, grokking), then OUT/report.html. Re-running reuses finished
-    stages and resumes interrupted training."""
+    stages (on the same corpus) and resumes interrupted training."""
     from circuitlab.experiments.reproduce import reproduce as run_all
 
     out = out or Path(f"runs/reproduce-{preset}")
     t0 = time.perf_counter()
-    summary = run_all(preset, out, log=lambda s: console.print(f"[bold]{s}[/]", highlight=False))
+    summary = run_all(preset, out, log=lambda s: console.print(f"[bold]{s}[/]", highlight=False),
+                      corpus=_given(text=text, hf_dataset=hf_dataset))
     t = new_table(f"circuitlab reproduce --preset {preset}",
                   ["stage", "status", "seconds", "claims", "reproduced", "not reproduced", "differs"])
     for name, s in summary.items():
@@ -244,6 +247,8 @@ def experiment_induction(
     preset: str = typer.Option("quick", help="'quick' (calibrated for a 2-core CPU, ~15 min) or 'full' (512 context; hours)."),
     out: Optional[Path] = typer.Option(None, help="Experiment directory (default runs/induction-PRESET); runs in it are reused or resumed."),
     workers: Optional[int] = typer.Option(None, help="Models trained at once (default: 2 on a machine with <= 4 cores)."),
+    text: Optional[str] = typer.Option(None, help="Your own text instead of the embedded corpus: a file, a folder or a glob."),
+    hf_dataset: Optional[str] = typer.Option(None, help="A Hugging Face dataset NAME[:SPLIT] (needs the network or a local folder)."),
 ):
     """Induction heads and the in-context-learning phase change (Olsson et al. 2022): trains the 1L, 2L and
     smeared-key models with dense checkpoints, measures every checkpoint, and writes OUT/results.json with the claims."""
@@ -251,7 +256,8 @@ def experiment_induction(
     from circuitlab.experiments.induction.tables import print_induction
 
     out = out or Path(f"runs/induction-{preset}")
-    print_induction(run_induction_experiment(preset, out, workers=workers))
+    print_induction(run_induction_experiment(preset, out, workers=workers,
+                                             corpus=_given(text=text, hf_dataset=hf_dataset)))
     console.print(f"wrote {out / 'results.json'}")
 
 

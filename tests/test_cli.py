@@ -99,3 +99,12 @@ def test_analyze_writes_analysis_json(small_corpus_dir, tmp_path):
     r = runner.invoke(app, ["analyze", str(out), "--step", "0"])
     assert r.exit_code == 0 and (out / "analysis-step0.json").exists()
     assert "no checkpoint at step 99" in error_line(runner.invoke(app, ["analyze", str(out), "--step", "99"]))
+
+
+def test_experiment_induction_takes_a_corpus_and_says_what_is_wrong_with_it(tmp_path):
+    for args in (["--text", str(tmp_path / "missing")], ["--text", "a", "--hf-dataset", "b"]):
+        r = runner.invoke(app, ["experiment", "induction", "--out", str(tmp_path / "exp"), *args])
+        assert r.exit_code == 2 and "error:" in r.output and "Traceback" not in r.output, r.output
+        assert not (tmp_path / "exp").exists()
+    r = runner.invoke(app, ["reproduce", "--out", str(tmp_path / "rep"), "--text", str(tmp_path / "missing")])
+    assert r.exit_code == 2 and "no files match" in r.output

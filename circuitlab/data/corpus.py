@@ -33,6 +33,11 @@ class Corpus:
     fingerprint: str = ""
 
     @property
+    def id(self) -> str:
+        """What identifies the corpus for reuse checks: its spec and the fingerprint of its sources."""
+        return f"{self.spec}@{self.fingerprint}"
+
+    @property
     def n_chars(self) -> int:
         return sum(len(d.text) for d in self.documents)
 

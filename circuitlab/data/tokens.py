@@ -106,7 +106,7 @@ def prepare_tokens(corpus: Corpus, d_vocab: int, heldout_fraction: float = 0.02,
     cache = cache or cache_root()
     train_docs, val_docs = corpus.split(heldout_fraction)
     base = dict(
-        corpus=corpus.spec, documents=len(corpus.documents), skipped_files=len(corpus.skipped),
+        corpus=corpus.spec, corpus_id=corpus.id, documents=len(corpus.documents), skipped_files=len(corpus.skipped),
         train_documents=len(train_docs), heldout_documents=len(val_docs), heldout_fraction=heldout_fraction,
     )
 

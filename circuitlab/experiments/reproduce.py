@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from circuitlab.data import load_corpus
 from circuitlab.errors import CircuitlabError
 from circuitlab.experiments import framework, grokking, induction
 from circuitlab.experiments.claims import Claim
@@ -44,15 +45,15 @@ class StageSummary(Result):
     claims: dict[str, int]
 
 
-def _saved(cls: type[Result], path: Path, preset: str) -> Result | None:
-    """The results a finished earlier call wrote at `path`, if made with the same preset (and readable)."""
+def _saved(cls: type[Result], path: Path, preset: str, corpus: str | None = None) -> Result | None:
+    """The results a finished earlier call wrote at `path`, if made with the same preset (and corpus) and readable."""
     if not path.exists():
         return None
     try:
         r = cls.load(path)
     except CircuitlabError:
         return None
-    return r if r.preset == preset else None
+    return r if r.preset == preset and (corpus is None or r.corpus == corpus) else None
 
 
 def reproduce(preset: str, out: Path | str, progress: bool = True, log=print,
@@ -64,6 +65,7 @@ def reproduce(preset: str, out: Path | str, progress: bool = True, log=print,
     fw_p = choose(framework.PRESETS, p.settings["framework"], "framework preset")
     grok_p = choose(grokking.PRESETS, p.settings["grokking"], "grokking preset")
     out = Path(out)
+    corpus_id = load_corpus(**(corpus or {})).id  # a finished stage is reused only on the same corpus
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, StageSummary] = {}
 
@@ -74,7 +76,7 @@ def reproduce(preset: str, out: Path | str, progress: bool = True, log=print,
         summary[name] = StageSummary("reused" if done else "ran", round(time.perf_counter() - t0, 1), count(claims))
 
     ind_dir = out / "induction"
-    ind_saved = _saved(induction.InductionResults, ind_dir / "results.json", ind_p.name)
+    ind_saved = _saved(induction.InductionResults, ind_dir / "results.json", ind_p.name, corpus_id)
     stage("induction heads (Olsson et al. 2022)",
           lambda: (ind_saved or induction.run_induction_experiment(ind_p, ind_dir, progress=progress,
                                                                      corpus=corpus)).claims,
@@ -84,7 +86,7 @@ def reproduce(preset: str, out: Path | str, progress: bool = True, log=print,
     if "3L" in ind_p.models:
         runs["attn3"] = ind_dir / "runs" / "3L"
     fw_dir = out / "circuits"
-    fw_saved = _saved(framework.FrameworkResults, fw_dir / "results.json", fw_p.name)
+    fw_saved = _saved(framework.FrameworkResults, fw_dir / "results.json", fw_p.name, corpus_id)
     stage("circuits (Elhage et al. 2021)",
           lambda: (fw_saved or framework.run_framework_experiment(
               fw_p, fw_dir, runs, like=shared_model_settings(ind_p), corpus=corpus, progress=progress)).claims,

@@ -25,6 +25,7 @@ class FrameworkResults(Result):
     preset: str
     runs: dict[str, str]
     claims: list[Claim]
+    corpus: str = "stdlib"  # the corpus's id (spec@fingerprint) of the runs analysed
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -59,8 +60,9 @@ def run_framework_experiment(preset: ExperimentPreset, out: Path | str, runs: di
     all_runs |= {n: Path(d) for n, d in (runs or {}).items()}
     t1 = time.perf_counter()
     analyses = {n: analyze_run(d, analysis_file(out, n)) for n, d in sorted(all_runs.items())}
+    corpora = {Run.open(d).data.get("corpus_id", Run.open(d).data.get("corpus", "stdlib")) for d in all_runs.values()}
     result = FrameworkResults("framework", preset.name, {n: str(d) for n, d in sorted(all_runs.items())},
-                              framework_claims(analyses),
-                              {"train": t1 - t0, "analysis": time.perf_counter() - t1})
+                              framework_claims(analyses), {"train": t1 - t0, "analysis": time.perf_counter() - t1},
+                              " + ".join(sorted(corpora)))
     result.save(out / "results.json")
     return result

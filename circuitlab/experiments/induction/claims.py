@@ -53,7 +53,10 @@ def phase_change_claims(two: "ModelCurves", bump: LossBump, pca_pivot_tokens: in
         f"best induction score rises to ≥ {INDUCTION}, 10%→90% of the rise within ≤ {ABRUPT_DECADES} decades of tokens",
         f"window {window_text(wi)}{_decades(wi)}; best induction score {_at(curve, before_t, 'best_induction'):.3f} → "
         f"{final.best_induction:.3f} (final, {fmt_tokens(final.tokens)} tokens); heads "
-        f"{', '.join(map(str, two.induction_heads)) or 'none'}", verdict(phase), "induction-phase")]
+        f"{', '.join(map(str, two.induction_heads)) or 'none'}"
+        + ("" if phase or wi.found else f"; training ended at its {fmt_tokens(final.tokens)}-token budget before "
+           "a phase change completed (on another corpus heads may form later: give the plain models more tokens)"),
+        verdict(phase), "induction-phase")]
     claims.append(Claim(
         PAPER, "In-context learning improves abruptly in the same window as the induction heads form",
         f"the ICL score's own window is abrupt (≤ {ABRUPT_DECADES} decades) and overlaps the induction window",

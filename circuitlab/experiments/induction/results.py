@@ -152,5 +152,6 @@ class InductionResults(Result):
     ablation: Ablations
     behaviours: Behaviours
     attention_viewer: list[ViewerPrompt]
+    corpus: str = "stdlib"  # the corpus's id (spec@fingerprint): a reproduce stage is reused only on the same one
     claims: list[Claim] = field(default_factory=list)
     seconds: dict = field(default_factory=dict)

@@ -73,7 +73,7 @@ def model_configs(preset: ExperimentPreset) -> dict[str, tuple]:
 def train_all(preset: ExperimentPreset, out: Path, workers: int | None = None, progress: bool = True,
               corpus: dict | None = None) -> dict:
     """Train and measure every model of the preset under out/runs/NAME, on the default corpus or
-    `load_corpus(**corpus)`. Returns {name: seconds from the start until it was done}."""
+    `load_corpus(**corpus)`. Returns ({name: seconds from the start until it was done}, the corpus's id)."""
     import numpy as np
     from safetensors.torch import save_file
 
@@ -106,7 +106,7 @@ def train_all(preset: ExperimentPreset, out: Path, workers: int | None = None, p
             _train_and_measure(n, cfgs[n][0].to_dict(), cfgs[n][1].to_dict(), str(out / "runs" / n), str(probe_path),
                                threads, corpus, set_threads=False)
             seconds[n] = time.perf_counter() - t0
-        return seconds
+        return seconds, data.info["corpus_id"]
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         futures = {pool.submit(_train_and_measure, n, cfgs[n][0].to_dict(), cfgs[n][1].to_dict(),
                                str(out / "runs" / n), str(probe_path), threads, corpus): n for n in order}
@@ -121,7 +121,7 @@ def train_all(preset: ExperimentPreset, out: Path, workers: int | None = None, p
                     "`if __name__ == '__main__':` (worker processes re-import the script), or pass workers=1"
                 ) from None
             seconds.setdefault(n, time.perf_counter() - t0)
-    return seconds
+    return seconds, data.info["corpus_id"]
 
 
 def _show_progress(futures: dict, out: Path, totals: dict[str, int], seconds: dict, t0: float) -> None:
@@ -154,9 +154,10 @@ def run_induction_experiment(preset: str | ExperimentPreset, out: Path | str, wo
     p = choose(PRESETS, preset, "induction preset") if isinstance(preset, str) else preset
     out = Path(out)
     t0 = time.perf_counter()
-    train_seconds = train_all(p, out, workers, progress, corpus)
+    train_seconds, corpus_id = train_all(p, out, workers, progress, corpus)
     t1 = time.perf_counter()
     result = analyze_induction(p, out)
+    result.corpus = corpus_id
     result.seconds = {"train_and_measure": t1 - t0, "per_model_done_at": train_seconds,
                       "analysis": time.perf_counter() - t1}
     result.save(out / "results.json")
