@@ -217,9 +217,10 @@ def test_control_ablation_and_behaviour_claims(tiny_experiment):
         return replace(r, models={**r.models, model: replace(m, curve=curve, windows=windows)})
 
     # 1L control: no induction heads and less ICL than 2L
-    weak = with_curve("1L", 0.01, icl=0.0)
-    assert verdict(weak, "Control: a one-layer model") == "reproduced"
-    assert verdict(with_curve("1L", 0.4, icl=0.0), "Control: a one-layer model") == "not reproduced"
+    weaker = r.models["2L"].curve[-1].icl + 0.5  # less in-context learning than the 2L model's
+    assert verdict(with_curve("1L", 0.01, icl=weaker), "Control: a one-layer model") == "reproduced"
+    assert verdict(with_curve("1L", 0.4, icl=weaker), "Control: a one-layer model") == "not reproduced"
+    assert verdict(with_curve("1L", 0.01, icl=weaker - 1.0), "Control: a one-layer model") == "not reproduced"
     # smeared keys: a one-layer model with an abrupt window to a high score, and the 2L-smeared window early
     sharp, late = Window(400_000, 600_000, 0.8), Window(8_000_000, 12_000_000, 0.8)
     assert verdict(with_curve("1L-smeared", 0.5, window=sharp), "Smeared keys let a one-layer") == "reproduced"

@@ -60,9 +60,10 @@ def run_framework_experiment(preset: ExperimentPreset, out: Path | str, runs: di
     all_runs |= {n: Path(d) for n, d in (runs or {}).items()}
     t1 = time.perf_counter()
     analyses = {n: analyze_run(d, analysis_file(out, n)) for n, d in sorted(all_runs.items())}
-    corpora = {Run.open(d).data.get("corpus_id", Run.open(d).data.get("corpus", "stdlib")) for d in all_runs.values()}
+    data = [Run.open(d).data for d in all_runs.values()]
+    corpora = sorted({x.get("corpus_id", x.get("corpus", "stdlib")) for x in data})
     result = FrameworkResults("framework", preset.name, {n: str(d) for n, d in sorted(all_runs.items())},
-                              framework_claims(analyses), {"train": t1 - t0, "analysis": time.perf_counter() - t1},
-                              " + ".join(sorted(corpora)))
+                              framework_claims(analyses), corpus=" + ".join(corpora),
+                              seconds={"train": t1 - t0, "analysis": time.perf_counter() - t1})
     result.save(out / "results.json")
     return result
