@@ -228,7 +228,8 @@ def experiment_grokking(
 ):
     """Grokking modular addition (Nanda et al. 2023): train, find the Fourier algorithm, track the progress
     measures, detect the phases, ablate frequencies; writes OUT/results.json with the claims."""
-    from circuitlab.experiments.grokking import PRESETS, grokking_preset, run_grokking_experiment
+    from circuitlab.experiments.grokking import PRESETS, run_grokking_experiment
+    from circuitlab.experiments.grokking.presets import changed_preset
     from circuitlab.experiments.grokking.tables import print_grokking
     from circuitlab.training.presets import choose
 
@@ -236,8 +237,7 @@ def experiment_grokking(
     given = _given(p=p, frac=frac, seed=seed, epochs=epochs, lr=lr, weight_decay=weight_decay, d_model=d_model,
                    n_heads=n_heads, d_head=d_head, d_mlp=d_mlp, checkpoint_every=checkpoint_every,
                    log_every=log_every, device=device)
-    chosen = grokking_preset(base.name, base.differs, **(base.settings["grokking_model"] | given))
-    print_grokking(run_grokking_experiment(chosen, out))
+    print_grokking(run_grokking_experiment(changed_preset(base, **given), out))
     console.print(f"wrote {Path(out) / 'results.json'}")
 
 

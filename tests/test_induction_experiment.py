@@ -245,8 +245,17 @@ def test_control_ablation_and_behaviour_claims(tiny_experiment):
     assert verdict(ablation(0.6, 0), "carry almost all") == "not reproduced"
     assert verdict(ablation(0.9, others), "most other heads") == "reproduced"
     assert verdict(ablation(0.9, 0), "most other heads") == "not reproduced"
-    # behaviours: translation and pattern matching
+    # behaviours: copying a rare identifier, translation and pattern matching
     b = r.behaviours
+    from circuitlab.induction.behaviours import CopyingBehaviour
+
+    def copying(improvement, attention):
+        c = CopyingBehaviour(["a"], ["x", "y"], [0, 5], 6.0, 6.0 - improvement, improvement, Head(1, 0), attention,
+                             [1.0], [[1.0]])
+        return replace(r, behaviours=replace(b, copying=c, copying_skipped=None))
+    assert verdict(copying(3.0, 0.5), "Induction heads copy") == "reproduced"
+    assert verdict(copying(0.1, 0.5), "Induction heads copy") == "not reproduced"
+    assert verdict(copying(3.0, 0.05), "Induction heads copy") == "not reproduced"
     assert verdict(replace(r, behaviours=replace(b, translation=replace(b.translation, best_score=0.9))),
                    "Fuzzy induction") == "reproduced"
     assert verdict(replace(r, behaviours=replace(b, translation=replace(b.translation, best_score=0.1))),

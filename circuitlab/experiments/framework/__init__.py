@@ -5,7 +5,7 @@ from circuitlab.experiments.framework.analysis import analyze_model, analyze_run
 from circuitlab.experiments.framework.claims import framework_claims
 from circuitlab.experiments.framework.presets import PRESETS
 from circuitlab.experiments.framework.results import HeadRow, ModelAnalysis
-from circuitlab.experiments.framework.run import FrameworkResults, load_analyses, run_framework_experiment
+from circuitlab.experiments.framework.run import FrameworkResults, run_framework_experiment
 
 __all__ = ["FrameworkResults", "HeadRow", "ModelAnalysis", "PRESETS", "analyze_model", "analyze_run",
-           "framework_claims", "load_analyses", "run_framework_experiment"]
+           "framework_claims", "run_framework_experiment"]

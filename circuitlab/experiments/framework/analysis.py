@@ -24,7 +24,9 @@ from circuitlab.errors import CircuitlabError
 from circuitlab.experiments.framework.results import (
     CompositionSummary, CopyingHeads, HeadRow, Histogram, MechanismReport, ModelAnalysis, SoftmaxCompetitions,
 )
-from circuitlab.heads import COPYING, PREVIOUS_TOKEN, Head, all_heads, best_head, head_roles, induction_heads
+from circuitlab.heads import (
+    COPYING, INDUCTION, PREVIOUS_TOKEN, Head, all_heads, best_head, head_roles, induction_heads,
+)
 
 
 def _combined(fm: FactoredMatrix, heads: list[Head]) -> FactoredMatrix:
@@ -110,10 +112,10 @@ def analyze_model(model, train_tokens: np.ndarray, heldout_tokens: np.ndarray, d
         out.composition = CompositionSummary(random_baseline=comp.random_baseline, k_matrix=comp.k, q_matrix=comp.q,
                                              v_matrix=comp.v, q=comp.top("q", 8), k=comp.top("k", 8),
                                              v=comp.top("v", 8))
-        # With no head in the induction group, still decompose the best candidate of a later layer (flagged) when
-        # it passes the absolute threshold, to show how it is forming.
+        # The key decomposition is of heads after layer 0 (their keys can read earlier heads). With none of them in
+        # the induction group, still decompose the best candidate (flagged) when it passes the absolute threshold.
         best = best_head(scores.induction, min_layer=1)
-        examined = group or ([best] if scores.induction[best] >= 0.1 else [])
+        examined = [h for h in group if h.layer >= 1] or ([best] if scores.induction[best] >= INDUCTION else [])
         t0 = time.perf_counter()
         for hd in examined if linear else []:
             mech = induction_mechanism(model, hd.layer, hd.head, allowed=common)

@@ -44,7 +44,7 @@ def framework_claims(analyses: dict[str, ModelAnalysis]) -> list[Claim]:
     if "attn2" in analyses and analyses["attn2"].composition is not None:
         a = analyses["attn2"]
         comp = a.composition
-        best_ind = max(a.heads, key=lambda h: h.induction)
+        best_ind = max((h for h in a.heads if h.head.layer >= 1), key=lambda h: h.induction)
         best_prev = max((h for h in a.heads if h.head.layer == 0), key=lambda h: h.previous_token)
         top_k = comp.k[0] if comp.k else None
         mech = next((m for m in a.induction_mechanism if m.head == best_ind.head), None)

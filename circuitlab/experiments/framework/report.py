@@ -20,7 +20,7 @@ def bigram_figure(analyses: dict[str, dict]) -> dict:
 def copying_histogram(analyses: dict[str, dict]) -> dict:
     data = []
     for n, a in analyses.items():
-        if "copying_heads" not in a:
+        if not a.get("copying_heads"):
             continue
         h = a["copying_heads"]["ov_histogram"]
         mids = [(a_ + b) / 2 for a_, b in zip(h["edges"][:-1], h["edges"][1:])]
@@ -88,7 +88,7 @@ def framework_sections(page: Page, an: dict[str, dict]) -> None:
                      (f"<h3>Skip-trigram bugs found in the corpus</h3><ul>{bug_text}</ul>" if bugs else ""),
                      "Read from the weights: the QK circuit on tokens picks destinations for a source; the OV circuit "
                      "picks the outs it raises (top 5 each, centred circuits).")
-    two = next((an[n] for n in ("attn2", "attn3", "attn8") if n in an and "composition" in an[n]), None)
+    two = next((an[n] for n in ("attn2", "attn3", "attn8") if n in an and an[n].get("composition")), None)
     if two:
         page.section("circuits-composition", "Two layers: composition and induction heads",
                      '<div class="grid3">' + "".join(page.plot(f"comp_{i}", f) for i, f in

@@ -11,7 +11,6 @@ from circuitlab.data import load_corpus, prepare_tokens
 from circuitlab.experiments.claims import Claim
 from circuitlab.experiments.framework.analysis import analyze_run
 from circuitlab.experiments.framework.claims import framework_claims
-from circuitlab.experiments.framework.results import ModelAnalysis
 from circuitlab.results import Result
 from circuitlab.training import Run, train
 from circuitlab.training.presets import ExperimentPreset
@@ -31,11 +30,6 @@ class FrameworkResults(Result):
 
 def analysis_file(out: Path | str, name: str) -> Path:
     return Path(out) / name / "analysis.json"
-
-
-def load_analyses(out: Path | str, names) -> dict[str, ModelAnalysis]:
-    """The analyses saved under OUT for the given model names (those that exist)."""
-    return {n: ModelAnalysis.load(analysis_file(out, n)) for n in names if analysis_file(out, n).exists()}
 
 
 def train_preset_model(preset, run_dir: Path, like: dict | None = None, corpus: dict | None = None,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from circuitlab.experiments.framework.results import ModelAnalysis
+from rich.markup import escape
+
 from circuitlab.report.terminal import console, fmt, new_table
 
 
@@ -13,7 +15,7 @@ def print_analysis(r: ModelAnalysis) -> None:
                   f"top-1 {b.top1:.1%}, top-5 {b.top5:.1%}", highlight=False)
     t = new_table("Strongest bigrams in the weights", ["prev", "next", "model P", "corpus P", "corpus count"])
     for s in b.strongest[:10]:
-        t.add_row(repr(s.prev), repr(s.next), f"{s.model_prob:.3f}", f"{s.corpus_prob:.3f}", f"{s.corpus_count:,}")
+        t.add_row(escape(repr(s.prev)), escape(repr(s.next)), f"{s.model_prob:.3f}", f"{s.corpus_prob:.3f}", f"{s.corpus_count:,}")
     console.print(t)
     if not r.heads:
         return
@@ -61,14 +63,14 @@ def print_skip_trigrams(r: ModelAnalysis, heads: int = 4, rows: int = 4) -> None
                   ["head", "source", "destinations (QK)", "outs (OV)"])
     for table in tables:
         for row in table.rows[:rows]:
-            t.add_row(str(table.head), repr(row.source), " ".join(map(repr, row.destinations[:4])),
-                      " ".join(map(repr, row.outs[:4])))
+            t.add_row(str(table.head), escape(repr(row.source)), escape(" ".join(map(repr, row.destinations[:4]))),
+                      escape(" ".join(map(repr, row.outs[:4]))))
     console.print(t)
     if r.skip_trigram_bugs:
         t = new_table("Skip-trigram bugs (two trigrams in the corpus imply a third it never has)",
                       ["head", "trigram 1 (count)", "trigram 2 (count)", "bug: also raised (count)"])
         for b in r.skip_trigram_bugs[:6]:
-            tri = lambda x: f"{b.source!r} ... {x.dest!r} -> {x.out!r} ({x.count})"  # noqa: E731
+            tri = lambda x: escape(f"{b.source!r} ... {x.dest!r} -> {x.out!r} ({x.count})")  # noqa: E731
             t.add_row(str(b.head), tri(b.intended[0]), tri(b.intended[1]), tri(b.bug))
         console.print(t)
     sc = r.softmax_competition

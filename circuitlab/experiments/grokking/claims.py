@@ -25,8 +25,10 @@ def _at(series: list, epoch: int, key: str):
 
 
 def grokking_claims(r: "GrokkingResults") -> list[Claim]:
-    """Every claim is stated, whatever the run did; the ones about the algorithm's mechanism are judged only on a
-    model that groks and has at least two key frequencies (otherwise 'not reproduced', with the reason)."""
+    """Every claim is stated, whatever the run did. The Fourier claims (key frequencies, neurons, logit fit) are
+    measured on any model (the algorithm forms before grokking, so a run stopped in circuit formation may show it);
+    the progress-measure and ablation claims are judged only on a model that groks and has at least two key
+    frequencies (otherwise 'not reproduced', with the reason)."""
     ph, ks, m = r.phases, r.key_frequencies, r.progress_measures
     groks = ph.grokked is not None
     usable = groks and len(ks) >= 2

@@ -28,6 +28,21 @@ def grokking_preset(name: str, differs: tuple[str, ...] = (), **changes) -> Expe
     return ExperimentPreset(name, {"grokking": grokking_model(**changes)}, {"grokking_model": changes}, differs)
 
 
+def changed_preset(base: ExperimentPreset, **given) -> ExperimentPreset:
+    """`base` with some of `grokking_model`'s values changed (command-line flags): its name and differs say so, so
+    a changed run is never taken for the preset's own."""
+    import inspect
+
+    defaults = {k: p.default for k, p in inspect.signature(grokking_model).parameters.items()}
+    changes = base.settings["grokking_model"] | given
+    new = {k: v for k, v in given.items() if v != base.settings["grokking_model"].get(k, defaults[k])}
+    if not new:
+        return base
+    differs = tuple(base.differs) + tuple(f"{k} {v} (paper: {defaults[k]})" for k, v in new.items()
+                                          if k != "device")
+    return grokking_preset(f"{base.name}, changed", differs, **changes)
+
+
 PRESETS: dict[str, ExperimentPreset] = {
     "paper": grokking_preset("paper"),
     # Same model, data and optimiser; fewer epochs (stops soon after grokking is usually complete for seed 0).

@@ -48,7 +48,7 @@ def grokking_sections(page: Page, g: dict) -> None:
     f = grokking_figures(g)
     ph = g.get("phases", {})
     intro = (f"Modular addition mod {g['p']}, preset {esc(g['preset'])}; phases (epochs): "
-             + esc(", ".join(f"{k} {v}" for k, v in ph.items())))
+             + esc(", ".join(f"{k} {v}" for k, v in ph.items() if not k.endswith("_fall"))))
     page.section("grokking-curves", "Grokking: loss and accuracy",
                  '<div class="grid">' + page.plot("g_loss", f["loss"]) + page.plot("g_acc", f["accuracy"]) + "</div>",
                  intro)

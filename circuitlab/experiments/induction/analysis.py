@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from circuitlab.experiments.induction.claims import COPYING_NAME, induction_claims
+from circuitlab.experiments.induction.claims import COPYING_NAME, induction_claims, value_at
 from circuitlab.experiments.induction.results import (
     AblationPoint, Ablations, Behaviours, CurvePoint, FinalScores, ICLPositions, InductionResults, LossByPosition,
     ModelCurves, PCAResult, PhaseWindows, TaskTraining, TrainLossPoint, ViewerPrompt,
@@ -38,13 +38,6 @@ def read_rows(run_dir: Path) -> list[Measurement]:
 def row_heads(row: Measurement) -> list[Head]:
     """The induction heads of one checkpoint (`circuitlab.heads.induction_heads`)."""
     return induction_heads(torch.tensor(row.induction)) if row.induction is not None else []
-
-
-def value_at(rows: list, tokens: int | None, key: str):
-    """`key` of the row (Measurement or CurvePoint) nearest to `tokens` seen."""
-    if tokens is None:
-        return None
-    return getattr(min(rows, key=lambda r: abs(r.tokens - tokens)), key)
 
 
 def phase_windows(tokens: list[int], best_induction: list[float] | None, icl: list[float]) -> PhaseWindows:
@@ -77,10 +70,13 @@ def _task_model(out: Path, task, model_cfg, steps: int):
     run_dir = out / "tasks" / task.name
     cfg = TrainConfig(batch_size=32, lr=3e-3, warmup_steps=100, schedule="constant", beta2=0.98, max_steps=steps,
                       eval_every=100, checkpoint_every=steps, log_checkpoints=0)
-    exists = (run_dir / "run.json").exists()
-    run = Run.open(run_dir) if exists and Run.open(run_dir).finished else \
-        train(model_cfg, cfg, SequenceTaskTraining(task), run_dir, resume=exists, progress=False)
-    return run.model(), TaskTraining(str(run_dir), steps, run.metrics)
+    training = SequenceTaskTraining(task)
+    run = Run.open(run_dir) if (run_dir / "run.json").exists() else None
+    # reused when finished with the same settings; `train` resumes the others and refuses other settings
+    if not (run and run.finished and run.config == model_cfg and run.train_config == cfg
+            and run.task == training.spec()):
+        run = train(model_cfg, cfg, training, run_dir, resume=run is not None, progress=False)
+    return run.model(), TaskTraining(str(run_dir), run.checkpoints[-1], run.metrics)
 
 
 def behaviours(out: Path, run: Run, head: Head | None, task_steps: int) -> Behaviours:
@@ -155,7 +151,7 @@ def analyze_induction(preset: ExperimentPreset, out: Path) -> InductionResults:
     traj, var = per_token_pca(pca_matrix(r2))
     pivot = pca_pivot(traj)
     # loss by position at three moments: before the window, after it, and at the end
-    moments = {"start": r2[1].tokens, "before": w.induction.start, "after": w.induction.end, "final": r2[-1].tokens}
+    moments = {"start": r2[min(1, len(r2) - 1)].tokens, "before": w.induction.start, "after": w.induction.end, "final": r2[-1].tokens}
     moments = {k: t for k, t in moments.items() if t is not None}
     by_pos = {n: {k: value_at(rows[n], t, "loss_by_position") for k, t in moments.items()} for n in ("1L", main)}
     group = row_heads(r2[-1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from circuitlab.experiments.claims import Claim, verdict
@@ -27,10 +28,21 @@ def window_text(w: Window) -> str:
     return "none found" if w.start is None else f"{fmt_tokens(w.start)}–{fmt_tokens(w.end)} tokens"
 
 
-def _at(curve, tokens: int | None, key: str):
+def value_at(curve, tokens: int | None, key: str):
     if tokens is None:
         return None
     return getattr(min(curve, key=lambda r: abs(r.tokens - tokens)), key)
+
+
+def _num(x, spec: str = ".3f") -> str:
+    """A measured number, or '–' where there is none (a 0-layer model has no head scores)."""
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def _best(curve) -> float:
+    """The highest best-induction score over training after the initial checkpoint (0 where none is measured)."""
+    scores = [c.best_induction for c in curve[1:] if c.best_induction is not None]
+    return max(scores) if scores else 0.0
 
 
 def _decades(w: Window) -> str:
@@ -43,7 +55,7 @@ def phase_change_claims(two: "ModelCurves", bump: LossBump, pca_pivot_tokens: in
     of the smoothed best induction score's rise within ABRUPT_DECADES decades of tokens) to a score >= INDUCTION."""
     curve = two.curve
     wi, wl = two.windows.induction, two.windows.icl
-    before_t = wi.start if wi.found else curve[1].tokens
+    before_t = wi.start if wi.found else curve[min(1, len(curve) - 1)].tokens
     final = curve[-1]
     phase = wi.abrupt and final.best_induction is not None and final.best_induction >= INDUCTION
     gate = "" if phase else "; no phase change in the induction score, so none to coincide with"
@@ -51,8 +63,8 @@ def phase_change_claims(two: "ModelCurves", bump: LossBump, pca_pivot_tokens: in
     claims = [Claim(
         PAPER, "Two-layer attention-only models form induction heads in a phase change: a narrow window of training",
         f"best induction score rises to ≥ {INDUCTION}, 10%→90% of the rise within ≤ {ABRUPT_DECADES} decades of tokens",
-        f"window {window_text(wi)}{_decades(wi)}; best induction score {_at(curve, before_t, 'best_induction'):.3f} → "
-        f"{final.best_induction:.3f} (final, {fmt_tokens(final.tokens)} tokens); heads "
+        f"window {window_text(wi)}{_decades(wi)}; best induction score {_num(value_at(curve, before_t, 'best_induction'))}"
+        f" → {_num(final.best_induction)} (final, {fmt_tokens(final.tokens)} tokens); heads "
         f"{', '.join(map(str, two.induction_heads)) or 'none'}"
         + ("" if phase or wi.found else f"; training ended at its {fmt_tokens(final.tokens)}-token budget before "
            "a phase change completed (on another corpus heads may form later: give the plain models more tokens)"),
@@ -60,7 +72,7 @@ def phase_change_claims(two: "ModelCurves", bump: LossBump, pca_pivot_tokens: in
     claims.append(Claim(
         PAPER, "In-context learning improves abruptly in the same window as the induction heads form",
         f"the ICL score's own window is abrupt (≤ {ABRUPT_DECADES} decades) and overlaps the induction window",
-        f"{icl_note}: {_at(curve, before_t, 'icl'):.3f} → {final.icl:.3f}; ICL window {window_text(wl)}{_decades(wl)}"
+        f"{icl_note}: {value_at(curve, before_t, 'icl'):.3f} → {final.icl:.3f}; ICL window {window_text(wl)}{_decades(wl)}"
         + gate, verdict(phase and wl.abrupt and overlaps(wi, wl)), "induction-phase"))
     claims.append(Claim(
         PAPER, "The phase change shows as a bump in the loss: the 2L training loss departs from the 1L curve",
@@ -93,7 +105,7 @@ def induction_claims(r: "InductionResults") -> list[Claim]:
     claims = phase_change_claims(two, r.loss_bump, pca.pivot_tokens, f"{pca.examples} held-out examples, one token "
                                  f"each; PC1+PC2 explain {100 * sum(pca.explained_variance):.0f}%", icl_note)
     one = m["1L"]
-    one_best = max(c.best_induction for c in one.curve[1:])
+    one_best = _best(one.curve)
     claims.append(Claim(
         PAPER, "Control: a one-layer model forms no induction heads, no phase change, and less in-context learning",
         f"1L best induction score < {INDUCTION} throughout; 1L ICL weaker than 2L",
@@ -102,11 +114,11 @@ def induction_claims(r: "InductionResults") -> list[Claim]:
         "induction-controls"))
     if "1L-smeared" in m:
         s1 = m["1L-smeared"]
-        ok = s1.curve[-1].best_induction >= INDUCTION and s1.windows.induction.abrupt
+        ok = (s1.curve[-1].best_induction or 0.0) >= INDUCTION and s1.windows.induction.abrupt
         claims.append(Claim(
             PAPER, "Smeared keys let a one-layer model form induction heads, with a phase change",
             f"1L smeared: best induction ≥ {INDUCTION}, in an abrupt window (≤ {ABRUPT_DECADES} decades)",
-            f"best induction {s1.curve[-1].best_induction:.3f}; window {window_text(s1.windows.induction)}"
+            f"best induction {_num(s1.curve[-1].best_induction)}; window {window_text(s1.windows.induction)}"
             f"{_decades(s1.windows.induction)};"
             f" ICL {s1.curve[-1].icl:.3f}", verdict(ok), "induction-controls"))
     if "2L-smeared" in m:
@@ -118,27 +130,30 @@ def induction_claims(r: "InductionResults") -> list[Claim]:
             f"2L smeared {window_text(s2)} vs 2L {window_text(wi)}", verdict(ok), "induction-controls"))
     ab = r.ablation
     last = ab.over_training[-1] if ab.over_training else None
-    if last and last.group_share is not None:
-        claims.append(Claim(
-            PAPER, "Pattern-preserving ablation: the induction heads carry almost all of the in-context learning",
-            f"ablating the induction heads removes almost all (≥ {ALMOST_ALL:.0%}) of the ICL score",
-            f"heads {', '.join(map(str, ab.group))}: ICL {last.clean_icl:.3f} → {last.clean_icl + last.group:.3f} "
-            f"({100 * last.group_share:.0f}% removed) at {fmt_tokens(last.tokens)} tokens",
-            verdict(last.group_share >= ALMOST_ALL), "induction-ablation"))
-        others = sum(len(x) for x in last.per_head) - len(ab.group)
-        claims.append(Claim(
-            PAPER, "Ablating most other heads increases the ICL score (makes it more negative)",
-            "more than half of the other heads", f"{last.heads_raising_icl} of {others} other heads",
-            verdict(others > 0 and last.heads_raising_icl > others / 2), "induction-ablation"))
+    measured = last is not None and last.group_share is not None
+    why = ("no ablation measured" if last is None else "no induction heads to ablate" if not ab.group
+           else f"no in-context learning to remove (clean ICL score {last.clean_icl:+.3f})")
+    claims.append(Claim(
+        PAPER, "Pattern-preserving ablation: the induction heads carry almost all of the in-context learning",
+        f"ablating the induction heads removes almost all (≥ {ALMOST_ALL:.0%}) of the ICL score",
+        f"heads {', '.join(map(str, ab.group))}: ICL {last.clean_icl:.3f} → {last.clean_icl + last.group:.3f} "
+        f"({100 * last.group_share:.0f}% removed) at {fmt_tokens(last.tokens)} tokens" if measured else why,
+        verdict(measured and last.group_share >= ALMOST_ALL), "induction-ablation"))
+    others = sum(len(x) for x in last.per_head) - len(ab.group) if last else 0
+    claims.append(Claim(
+        PAPER, "Ablating most other heads increases the ICL score (makes it more negative)",
+        "more than half of the other heads",
+        f"{last.heads_raising_icl} of {others} other heads" if measured else why,
+        verdict(measured and others > 0 and last.heads_raising_icl > others / 2), "induction-ablation"))
     b = r.behaviours
-    if b.copying is not None:
-        c = b.copying
-        claims.append(Claim(
-            PAPER, "Induction heads copy: a repeated rare identifier is predicted from its earlier occurrence",
-            "lower loss on the repeat; the head attends to the token after the earlier copy",
-            f"'{COPYING_NAME}' ({len(c.name_tokens)} tokens): loss {c.first_loss:.2f} → {c.repeat_loss:.2f} nats;"
-            f" head {c.head} puts {c.head_attention:.2f} of its attention on the induction target",
-            verdict(c.improvement > 0.5 and c.head_attention > 0.3), "induction-behaviours"))
+    c = b.copying
+    claims.append(Claim(
+        PAPER, "Induction heads copy: a repeated rare identifier is predicted from its earlier occurrence",
+        "lower loss on the repeat; the head attends to the token after the earlier copy",
+        f"'{COPYING_NAME}' ({len(c.name_tokens)} tokens): loss {c.first_loss:.2f} → {c.repeat_loss:.2f} nats;"
+        f" head {c.head} puts {c.head_attention:.2f} of its attention on the induction target" if c is not None
+        else f"not measured: {b.copying_skipped}",
+        verdict(c is not None and c.improvement > 0.5 and c.head_attention > 0.3), "induction-behaviours"))
     t = b.translation
     claims.append(Claim(
         PAPER, "Fuzzy induction: a head matches on meaning ([A*][B*] … [A] → [B]), not on identity",

@@ -43,10 +43,16 @@ def induction_figures(r: dict) -> dict[str, dict]:
                                "", "attention", xaxis=logx, shapes=shapes),
         "prefix": fig([_curve(r, n, "best_prefix_matching") for n in names],
                       "Best prefix-matching score (25 random tokens × 4)", "", "attention", xaxis=logx, shapes=shapes),
-        "loss": fig([_curve(r, n, "heldout_loss") for n in names], "Held-out loss (loss bump: 2L departs from 1L)",
-                    "", "nats", xaxis=logx, yaxis={"type": "log"},
-                    shapes=shapes + (window_shapes([(r["loss_bump"]["window"]["start"], r["loss_bump"]["window"]["end"],
-                                                     "#2ca02c")]) if r["loss_bump"]["found"] else [])),
+        "loss": fig([_curve(r, n, "heldout_loss") for n in names], "Held-out loss", "", "nats", xaxis=logx,
+                    yaxis={"type": "log"}, shapes=shapes),
+        "train_loss": fig([{"type": "scatter", "mode": "lines", "name": n, "x": [p["tokens"] for p in r["models"][n]["train_loss"]],
+                            "y": [p["train_loss"] for p in r["models"][n]["train_loss"]],
+                            "line": {"color": COLOURS.get(n)}} for n in ("1L", "2L") if n in r["models"]],
+                          "Training loss, 1L and 2L (the loss bump, where found, shaded green)", "", "nats",
+                          xaxis=logx, yaxis={"type": "log"},
+                          shapes=shapes + (window_shapes([(r["loss_bump"]["window"]["start"],
+                                                           r["loss_bump"]["window"]["end"], "#2ca02c")])
+                                           if r["loss_bump"]["found"] else [])),
         "repeat": fig([_curve(r, n, "repeat_second_half_loss") for n in names],
                       "Loss on the second half of repeated random tokens", "", "nats", xaxis=logx, shapes=shapes),
     }
@@ -77,7 +83,7 @@ def induction_figures(r: dict) -> dict[str, dict]:
     if ab["over_training"]:
         rows = ab["over_training"]
         heads = [f"{l}.{h}" for l in range(len(rows[0]["per_head"])) for h in range(len(rows[0]["per_head"][0]))]
-        z = [[-x for layer in row["per_head"] for x in layer] for row in rows]
+        z = [[x for layer in row["per_head"] for x in layer] for row in rows]  # > 0: the head carried ICL
         figs["ablation"] = fig([{"type": "heatmap", "z": z, "x": heads, "y": [f"{row['tokens'] / 1e6:.1f}M" for row in rows],
                                  "colorscale": "RdBu", "zmid": 0, "colorbar": {"title": {"text": "ICL lost"}}}],
                                "Pattern-preserving ablation over training: ICL score lost when each head is removed "
@@ -118,7 +124,8 @@ def induction_sections(page: Page, r: dict) -> None:
                  table(["model", "induction heads", "final ICL", "final best induction", "induction window",
                         "ICL window"], wrows) +
                  '<div class="grid">' + page.plot("icl", f["icl"]) + page.plot("induction_score", f["induction_score"]) +
-                 page.plot("loss", f["loss"]) + page.plot("prefix", f["prefix"]) + "</div>",
+                 page.plot("loss", f["loss"]) + page.plot("train_loss", f["train_loss"]) +
+                 page.plot("prefix", f["prefix"]) + "</div>",
                  esc(r["icl_positions"]["note"]) + ". Window: where the smoothed series makes 10%→90% of its change (abrupt: within 0.5 decades of tokens). "
                  "Loss bump (green, where found): the window, when the training-loss gap L_2L − L_1L falls at least twice "
                  "as fast there as around it.")

@@ -19,6 +19,7 @@ from pathlib import Path
 from circuitlab.errors import CircuitlabError
 from circuitlab.experiments.induction.presets import PRESETS
 from circuitlab.experiments.induction.results import InductionResults
+from circuitlab.results import atomic_write
 from circuitlab.training.presets import ExperimentPreset, choose
 
 
@@ -71,7 +72,7 @@ def model_configs(preset: ExperimentPreset) -> dict[str, tuple]:
 
 
 def train_all(preset: ExperimentPreset, out: Path, workers: int | None = None, progress: bool = True,
-              corpus: dict | None = None) -> dict:
+              corpus: dict | None = None) -> tuple[dict[str, float], str]:
     """Train and measure every model of the preset under out/runs/NAME, on the default corpus or
     `load_corpus(**corpus)`. Returns ({name: seconds from the start until it was done}, the corpus's id)."""
     import numpy as np
@@ -90,9 +91,8 @@ def train_all(preset: ExperimentPreset, out: Path, workers: int | None = None, p
         windows = sample_windows(data.val, preset.settings["probe_windows"], first_m.n_ctx, np.random.default_rng(12345),
                                  True)
         probe = Probe.make(windows, common_token_pool(data.train, first_m.d_vocab))
-        tmp = probe_path.with_suffix(".tmp")
-        save_file({"windows": probe.windows, "pca_positions": probe.pca_positions, "allowed": probe.allowed}, str(tmp))
-        tmp.replace(probe_path)
+        atomic_write(probe_path, lambda tmp: save_file(
+            {"windows": probe.windows, "pca_positions": probe.pca_positions, "allowed": probe.allowed}, tmp))
     cpus = os.cpu_count() or 1
     workers = workers or max(1, min(len(cfgs), 2 if cpus <= 4 else cpus // 2))
     threads = max(1, cpus // workers)
