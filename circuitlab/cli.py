@@ -14,7 +14,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from circuitlab.errors import CircuitlabError
-from circuitlab.report.terminal import console, err_console, fmt, new_table
+from circuitlab.report.terminal import console, err_console, fmt, new_table, print_claims
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train small attention-only transformers and read their circuits.")
@@ -40,6 +40,12 @@ def _friendly(fn):
 
 def _given(**flags) -> dict:
     return {k: v for k, v in flags.items() if v is not None}
+
+
+def _seeds(n: int) -> int:
+    if n < 1:
+        raise CircuitlabError(f"--seeds must be at least 1 (got {n})")
+    return n
 
 
 @app.command()
@@ -177,6 +183,7 @@ def reproduce(
     out: Optional[Path] = typer.Option(None, help="Output directory (default runs/reproduce-PRESET); finished stages in it are reused."),
     text: Optional[str] = typer.Option(None, help="Your own text for the language models: a file, a folder or a glob."),
     hf_dataset: Optional[str] = typer.Option(None, help="A Hugging Face dataset NAME[:SPLIT] for the language models."),
+    seeds: int = typer.Option(1, help="Seeds per experiment: each claim is reported as reproduced in k of N seeds."),
 ):
     """Every experiment (circuits, induction heads, grokking), then OUT/report.html. Re-running reuses finished
     stages (on the same corpus) and resumes interrupted training."""
@@ -185,13 +192,14 @@ def reproduce(
     out = out or Path(f"runs/reproduce-{preset}")
     t0 = time.perf_counter()
     summary = run_all(preset, out, log=lambda s: console.print(f"[bold]{s}[/]", highlight=False),
-                      corpus=_given(text=text, hf_dataset=hf_dataset))
-    t = new_table(f"circuitlab reproduce --preset {preset}",
-                  ["stage", "status", "seconds", "claims", "reproduced", "not reproduced", "differs"])
+                      corpus=_given(text=text, hf_dataset=hf_dataset), seeds=seeds)
+    t = new_table(f"circuitlab reproduce --preset {preset}" + (f" --seeds {seeds}" if seeds > 1 else ""),
+                  ["stage", "status", "seconds", "claims", "reproduced", "not reproduced", "differs",
+                   *(["in some seeds"] if seeds > 1 else [])])
     for name, s in summary.items():
         c = s.claims
         t.add_row(name, s.status, f"{s.seconds:.0f}", str(c["total"]), str(c["reproduced"]), str(c["not reproduced"]),
-                  str(c["differs"]))
+                  str(c["differs"]), *([str(c["in some seeds"])] if seeds > 1 else []))
     console.print(t)
     console.print(f"total {time.perf_counter() - t0:.0f} s; report: {out / 'report.html'}", highlight=False)
 
@@ -225,6 +233,7 @@ def experiment_grokking(
     checkpoint_every: Optional[int] = typer.Option(None, help="Epochs between checkpoints (paper: 100)."),
     log_every: Optional[int] = typer.Option(None, help="Epochs between train/test loss rows."),
     device: Optional[str] = typer.Option(None),
+    seeds: int = typer.Option(1, help="Seeds 0..N-1 (init and split); each claim reported as reproduced in k of N."),
 ):
     """Grokking modular addition (Nanda et al. 2023): train, find the Fourier algorithm, track the progress
     measures, detect the phases, ablate frequencies; writes OUT/results.json with the claims."""
@@ -237,7 +246,16 @@ def experiment_grokking(
     given = _given(p=p, frac=frac, seed=seed, epochs=epochs, lr=lr, weight_decay=weight_decay, d_model=d_model,
                    n_heads=n_heads, d_head=d_head, d_mlp=d_mlp, checkpoint_every=checkpoint_every,
                    log_every=log_every, device=device)
-    print_grokking(run_grokking_experiment(changed_preset(base, **given), out))
+    chosen = changed_preset(base, **given)
+    if _seeds(seeds) > 1:
+        from circuitlab.experiments.grokking import GrokkingResults
+        from circuitlab.experiments.seeds import run_seeds
+
+        r = run_seeds("grokking", lambda p, d, k: run_grokking_experiment(p, d), chosen, out, seeds, GrokkingResults)
+        print_claims(r.claims)
+        console.print(f"wrote {Path(out) / 'seeds.json'} (seed k > 0 under {Path(out) / 'seeds'})")
+        return
+    print_grokking(run_grokking_experiment(chosen, out))
     console.print(f"wrote {Path(out) / 'results.json'}")
 
 
@@ -249,6 +267,7 @@ def experiment_induction(
     workers: Optional[int] = typer.Option(None, help="Models trained at once (default: 2 on a machine with <= 4 cores)."),
     text: Optional[str] = typer.Option(None, help="Your own text instead of the embedded corpus: a file, a folder or a glob."),
     hf_dataset: Optional[str] = typer.Option(None, help="A Hugging Face dataset NAME[:SPLIT] (needs the network or a local folder)."),
+    seeds: int = typer.Option(1, help="Seeds 0..N-1 (init and data order); each claim reported as reproduced in k of N."),
 ):
     """Induction heads and the in-context-learning phase change (Olsson et al. 2022): trains the 1L, 2L and
     smeared-key models with dense checkpoints, measures every checkpoint, and writes OUT/results.json with the claims."""
@@ -256,8 +275,20 @@ def experiment_induction(
     from circuitlab.experiments.induction.tables import print_induction
 
     out = out or Path(f"runs/induction-{preset}")
-    print_induction(run_induction_experiment(preset, out, workers=workers,
-                                             corpus=_given(text=text, hf_dataset=hf_dataset)))
+    corpus = _given(text=text, hf_dataset=hf_dataset)
+    if _seeds(seeds) > 1:
+        from circuitlab.data import load_corpus
+        from circuitlab.experiments.induction import PRESETS, InductionResults
+        from circuitlab.experiments.seeds import run_seeds
+        from circuitlab.training.presets import choose
+
+        corpus_id = load_corpus(**corpus).id
+        r = run_seeds("induction", lambda p, d, k: run_induction_experiment(p, d, workers=workers, corpus=corpus),
+                      choose(PRESETS, preset, "induction preset"), out, seeds, InductionResults, corpus_id)
+        print_claims(r.claims)
+        console.print(f"wrote {out / 'seeds.json'} (seed k > 0 under {out / 'seeds'})")
+        return
+    print_induction(run_induction_experiment(preset, out, workers=workers, corpus=corpus))
     console.print(f"wrote {out / 'results.json'}")
 
 

@@ -108,3 +108,21 @@ def test_experiment_induction_takes_a_corpus_and_says_what_is_wrong_with_it(tmp_
         assert not (tmp_path / "exp").exists()
     r = runner.invoke(app, ["reproduce", "--out", str(tmp_path / "rep"), "--text", str(tmp_path / "missing")])
     assert r.exit_code == 2 and "no files match" in r.output
+
+
+def test_experiment_induction_on_your_text_over_two_seeds(small_corpus_dir, tmp_path, monkeypatch):
+    """`circuitlab experiment induction --text DIR --seeds 2` (on the tiny test preset): seed 1 trains models of its
+    own seed under OUT/seeds/1, and every claim is reported over both seeds."""
+    from circuitlab.experiments import induction
+    from circuitlab.experiments.seeds import SeedResults
+    from tests.test_induction_experiment import TINY
+
+    monkeypatch.setitem(induction.PRESETS, "tiny", TINY)
+    out = tmp_path / "exp"
+    r = runner.invoke(app, ["experiment", "induction", "--preset", "tiny", "--out", str(out), "--text",
+                            str(small_corpus_dir), "--seeds", "2", "--workers", "2"])
+    assert r.exit_code == 0, r.output
+    s = SeedResults.load(out / "seeds.json")
+    assert s.seeds == [0, 1] and all(c.seeds == 2 for c in s.claims) and "Claims" in r.output
+    assert json.loads((out / "seeds" / "1" / "runs" / "2L" / "run.json").read_text())["model"]["seed"] == 1
+    assert json.loads((out / "runs" / "2L" / "run.json").read_text())["data"]["corpus"].startswith("text:")

@@ -253,3 +253,23 @@ def test_the_paper_preset_trains_the_same_twice(tmp_path):
     for (n, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(x, y), n
     assert not torch.are_deterministic_algorithms_enabled()  # the caller's setting is restored
+
+
+def test_grokking_over_two_seeds_reports_k_of_n(tmp_path):
+    from typer.testing import CliRunner
+
+    from circuitlab.cli import app
+    from circuitlab.experiments.seeds import SeedResults
+
+    out = tmp_path / "g"
+    args = ["experiment", "grokking", "--out", str(out), "--p", "13", "--frac", "0.5", "--epochs", "20",
+            "--d-model", "16", "--n-heads", "2", "--d-head", "8", "--d-mlp", "32", "--checkpoint-every", "10",
+            "--seeds", "2"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    s = SeedResults.load(out / "seeds.json")
+    assert s.seeds == [0, 1] and (out / "results.json").exists() and (out / "seeds" / "1" / "results.json").exists()
+    one = json.loads((out / "seeds" / "1" / "run" / "run.json").read_text())
+    assert one["task"]["seed"] == 1 and one["model"]["seed"] == 1 and one["train"]["seed"] == 1
+    assert len(s.claims) == 12 and all(c.seeds == 2 and len(c.verdicts) == 2 for c in s.claims)
+    assert CliRunner().invoke(app, [*args[:-1], "0"]).exit_code == 2

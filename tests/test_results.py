@@ -83,3 +83,21 @@ def test_saved_configs_with_unknown_fields_are_refused():
         assert cls.from_dict(d) == cls()
         with pytest.raises(CircuitlabError, match=f"{what} config has unknown fields \\['from_the_future'\\]"):
             cls.from_dict({**d, "from_the_future": 1})
+
+
+def test_claims_over_seeds_give_k_of_n_and_the_spread_of_every_number():
+    from circuitlab.experiments.claims import Claim
+    from circuitlab.experiments.seeds import aggregate, spread
+
+    assert spread(["window 9.2M–14.6M tokens; score 0.041 → 0.166", "window 8.1M–15.0M tokens; score 0.050 → 0.151"]) \
+        == "window 8.1…9.2M–14.6…15.0M tokens; score 0.041…0.050 → 0.151…0.166"
+    assert spread(["same 1.0", "same 1.0"]) == "same 1.0"
+    assert spread(["window none found", "window 1.0M–2.0M"]) == "seed 0: window none found | seed 1: window 1.0M–2.0M"
+    c = lambda v, m: Claim("P", "claim", "e", m, v)  # noqa: E731
+    seeds = [[c("reproduced", "x 1"), c("differs", "y")], [c("not reproduced", "x 3"), c("differs", "y")],
+             [c("reproduced", "x 2"), c("differs", "y")]]
+    a, b = aggregate(seeds)
+    assert (a.verdict, a.reproduced, a.seeds, a.measured) == ("reproduced in 2 of 3 seeds", 2, 3, "x 1…3")
+    assert b.verdict == "differs" and aggregate([[c("reproduced", "x")]] * 2)[0].verdict == "reproduced"
+    with pytest.raises(ValueError, match="differ"):
+        aggregate([[c("reproduced", "x")], [c("reproduced", "x"), c("reproduced", "x")]])

@@ -26,6 +26,7 @@ from circuitlab.experiments.framework.report import framework_sections
 from circuitlab.experiments.grokking.report import grokking_sections
 from circuitlab.experiments.induction.presets import shared_model_settings
 from circuitlab.experiments.induction.report import induction_sections
+from circuitlab.experiments.seeds import finished, run_seeds, seed_dir
 from circuitlab.report.page import Page, claims_table, viewer_section, write_page
 from circuitlab.results import Result, atomic_write_text
 from circuitlab.training.presets import ExperimentPreset, choose
@@ -45,21 +46,13 @@ class StageSummary(Result):
     claims: dict[str, int]
 
 
-def _saved(cls: type[Result], path: Path, preset: str, corpus: str | None = None) -> Result | None:
-    """The results a finished earlier call wrote at `path`, if made with the same preset (and corpus) and readable."""
-    if not path.exists():
-        return None
-    try:
-        r = cls.load(path)
-    except CircuitlabError:
-        return None
-    return r if r.preset == preset and (corpus is None or r.corpus == corpus) else None
-
-
-def reproduce(preset: str, out: Path | str, progress: bool = True, log=print,
-              corpus: dict | None = None) -> dict[str, StageSummary]:
+def reproduce(preset: str, out: Path | str, progress: bool = True, log=print, corpus: dict | None = None,
+              seeds: int = 1) -> dict[str, StageSummary]:
     """Run every stage; returns {stage: summary} (also OUT/summary.json). corpus: `load_corpus` arguments for the
-    language models (default: the embedded stdlib corpus)."""
+    language models (default: the embedded stdlib corpus). seeds > 1: every stage for seeds 0..N-1 (seed k > 0 under
+    STAGE/seeds/k), each claim reported as reproduced in k of N seeds (STAGE/seeds.json)."""
+    if seeds < 1:
+        raise CircuitlabError(f"--seeds must be at least 1 (got {seeds})")
     p = choose(PRESETS, preset)
     ind_p = choose(induction.PRESETS, p.settings["induction"], "induction preset")
     fw_p = choose(framework.PRESETS, p.settings["framework"], "framework preset")
@@ -75,31 +68,32 @@ def reproduce(preset: str, out: Path | str, progress: bool = True, log=print,
         claims = fn()
         summary[name] = StageSummary("reused" if done else "ran", round(time.perf_counter() - t0, 1), count(claims))
 
+    def experiment(name: str, cls, p, d: Path, run, corpus_match: str | None):
+        """One stage: its claims, for one seed (reusing finished results) or aggregated over the seeds."""
+        if seeds > 1:
+            stage(name, lambda: run_seeds(d.name, run, p, d, seeds, cls, corpus_match).claims, False)
+            return
+        saved = finished(cls, d / "results.json", p.name, corpus_match)
+        stage(name, lambda: (saved or run(p, d, 0)).claims, saved is not None)
+
     ind_dir = out / "induction"
-    ind_saved = _saved(induction.InductionResults, ind_dir / "results.json", ind_p.name, corpus_id)
-    stage("induction heads (Olsson et al. 2022)",
-          lambda: (ind_saved or induction.run_induction_experiment(ind_p, ind_dir, progress=progress,
-                                                                     corpus=corpus)).claims,
-          ind_saved is not None)
+    experiment("induction heads (Olsson et al. 2022)", induction.InductionResults, ind_p, ind_dir,
+               lambda p, d, k: induction.run_induction_experiment(p, d, progress=progress, corpus=corpus), corpus_id)
 
-    runs = {"attn1": ind_dir / "runs" / "1L", "attn2": ind_dir / "runs" / "2L"}
-    if "3L" in ind_p.models:
-        runs["attn3"] = ind_dir / "runs" / "3L"
-    fw_dir = out / "circuits"
-    fw_saved = _saved(framework.FrameworkResults, fw_dir / "results.json", fw_p.name, corpus_id)
-    stage("circuits (Elhage et al. 2021)",
-          lambda: (fw_saved or framework.run_framework_experiment(
-              fw_p, fw_dir, runs, like=shared_model_settings(ind_p), corpus=corpus, progress=progress)).claims,
-          fw_saved is not None)
+    def circuits(p, d, k):
+        runs = {"attn1": seed_dir(ind_dir, k) / "runs" / "1L", "attn2": seed_dir(ind_dir, k) / "runs" / "2L"}
+        if "3L" in ind_p.models:
+            runs["attn3"] = seed_dir(ind_dir, k) / "runs" / "3L"
+        return framework.run_framework_experiment(p, d, runs, like=shared_model_settings(ind_p), corpus=corpus,
+                                                  progress=progress)
 
-    grok_dir = out / "grokking"
-    grok_saved = _saved(grokking.GrokkingResults, grok_dir / "results.json", grok_p.name)
-    stage("grokking (Nanda et al. 2023)",
-          lambda: (grok_saved or grokking.run_grokking_experiment(grok_p, grok_dir, progress=progress)).claims,
-          grok_saved is not None)
+    experiment("circuits (Elhage et al. 2021)", framework.FrameworkResults, fw_p, out / "circuits", circuits,
+               corpus_id)
+    experiment("grokking (Nanda et al. 2023)", grokking.GrokkingResults, grok_p, out / "grokking",
+               lambda p, d, k: grokking.run_grokking_experiment(p, d, progress=progress), None)
 
     def report() -> list[Claim]:
-        build_report(out)
+        build_report(out, seeds=seeds)
         return []
 
     stage("report", report, False)
@@ -107,10 +101,11 @@ def reproduce(preset: str, out: Path | str, progress: bool = True, log=print,
     return summary
 
 
-def count(claims: list[Claim]) -> dict[str, int]:
+def count(claims: list) -> dict[str, int]:
     return {"total": len(claims), "reproduced": sum(c.verdict == "reproduced" for c in claims),
             "not reproduced": sum(c.verdict == "not reproduced" for c in claims),
-            "differs": sum(c.verdict == "differs" for c in claims)}
+            "differs": sum(c.verdict == "differs" for c in claims),
+            "in some seeds": sum(c.verdict.startswith("reproduced in") for c in claims)}
 
 
 def _read(path: Path):
@@ -120,15 +115,20 @@ def _read(path: Path):
         raise CircuitlabError(f"{path} cannot be read ({e}): run `circuitlab reproduce` again") from None
 
 
-def build_report(out_dir: Path | str, path: Path | str | None = None) -> Path:
+def build_report(out_dir: Path | str, path: Path | str | None = None, seeds: int | None = None) -> Path:
     """Write the report (default DIR/report.html) from the results `reproduce` left in DIR; returns its path.
-    Sections read the results in their JSON form; the claims are the ones each experiment saved."""
+    Sections read the results in their JSON form (seed 0's); the claims are the ones each experiment saved, over
+    the seeds where it ran several (STAGE/seeds.json; seeds=None: wherever that file exists)."""
     out = Path(out_dir)
     analyses = {n: _read(f) for n in CIRCUIT_MODELS if (f := out / "circuits" / n / "analysis.json").exists()}
     results = {k: _read(f) for k in ("circuits", "induction", "grokking") if (f := out / k / "results.json").exists()}
     if not analyses and not results:
         raise CircuitlabError(f"{out} has no results to report: run `circuitlab reproduce --out {out}` first")
-    claims = [{"experiment": k, **c} for k, r in results.items() for c in r.get("claims", [])]
+    # over several seeds, each claim as reproduced in k of N seeds
+    claims = [{"experiment": k, **c}
+              for k, r in results.items()
+              for c in (_read(out / k / "seeds.json") if (out / k / "seeds.json").exists() and (seeds or 2) > 1
+                        else r).get("claims", [])]
     page = Page()
     page.section("claims", "Claims", claims_table(claims),
                  "Every headline claim checked against a measurement; the section link shows the plot behind it.")
