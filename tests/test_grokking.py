@@ -178,47 +178,52 @@ def test_phases_need_a_plateau_then_a_collapse():
     assert steady.found and 0.4 < steady.formation_fall < 0.6  # ordered boundaries, but no plateau
 
 
-def test_untrained_model_reproduces_no_grokking_claim(tmp_path):
-    """Negative control: 20 epochs of the paper's optimiser learn nothing; every claim must say 'not reproduced'
-    (the ablation claims included: there are no key frequencies to ablate)."""
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory):
+    """20 epochs of the paper's optimiser on p = 13: a model that has learned nothing."""
     from circuitlab.experiments.grokking import grokking_preset, run_grokking_experiment
 
-    r = run_grokking_experiment(grokking_preset("paper", p=13, frac=0.5, d_model=16, n_heads=2, d_head=8, d_mlp=32,
-                                                epochs=20, checkpoint_every=10), tmp_path / "g", progress=False)
+    return run_grokking_experiment(grokking_preset("paper", p=13, frac=0.5, d_model=16, n_heads=2, d_head=8, d_mlp=32,
+                                                   epochs=20, checkpoint_every=10),
+                                   tmp_path_factory.mktemp("untrained") / "g", progress=False)
+
+
+def test_untrained_model_reproduces_no_grokking_claim(untrained):
+    """Negative control: every claim must say 'not reproduced' (the ablation claims included: there are no key
+    frequencies to ablate)."""
+    r = untrained
     assert r.phases.grokked is None
     assert {c.claim: c.verdict for c in r.claims} == {c.claim: "not reproduced" for c in r.claims}
     assert len(r.claims) == 12  # every claim is stated, whatever the run did
 
 
-def test_three_phase_claim_fails_on_a_steadily_falling_test_loss(tmp_path):
+def test_three_phase_claim_fails_on_a_steadily_falling_test_loss(untrained):
     """The same results with a plateau-then-collapse test loss, or a steadily falling one: only the first gives
     'reproduced' for the three phases."""
     from dataclasses import replace
 
-    from circuitlab.experiments.grokking import grokking_claims, grokking_preset, run_grokking_experiment
+    from circuitlab.experiments.grokking import grokking_claims
 
-    r = run_grokking_experiment(grokking_preset("paper", p=13, frac=0.5, d_model=16, n_heads=2, d_head=8, d_mlp=32,
-                                                epochs=20, checkpoint_every=10), tmp_path / "g", progress=False)
+    r = untrained
     plateau = detect_phases(_rows(lambda e: 5 + e / 100 if e <= 200 else 7.0 if e < 700 else max(0.01, 7 - (e - 700) / 30)))
     steady = detect_phases(_rows(lambda e: max(0.01, 7 - e / 130)))
     three = lambda ph: next(c.verdict for c in grokking_claims(replace(r, phases=ph)) if "Three phases" in c.claim)  # noqa: E731
     assert three(plateau) == "reproduced" and three(steady) == "not reproduced"
 
 
-def test_every_grokking_claim_reproduced_on_results_with_the_effects(tmp_path):
+def test_every_grokking_claim_reproduced_on_results_with_the_effects(untrained):
     """Positive control for the claim logic: results that have every effect of the paper (a model fitted at 300
     epochs that groks at 9,000 after a plateau, five key frequencies explaining the neurons and logits, progress
     measures moving as in the paper, ablations that destroy and keep performance) give 'reproduced' everywhere; the
     same results with the ablations reversed and the excluded loss falling do not."""
     from dataclasses import replace
 
-    from circuitlab.experiments.grokking import grokking_claims, grokking_preset, run_grokking_experiment
+    from circuitlab.experiments.grokking import grokking_claims
     from circuitlab.experiments.grokking.claims import PAPER_KEY_FREQUENCIES
     from circuitlab.experiments.grokking.results import LogitFit
     from circuitlab.grokking import FrequencyAblation, ProgressMeasures
 
-    base = run_grokking_experiment(grokking_preset("paper", p=13, frac=0.5, d_model=16, n_heads=2, d_head=8, d_mlp=32,
-                                                   epochs=20, checkpoint_every=10), tmp_path / "g", progress=False)
+    base = untrained
     rows = _rows(lambda e: 5 + e / 100 if e <= 1000 else 15.0 if e < 7000 else max(0.01, 15 - (e - 7000) / 130),
                  fit_epoch=300, grok_epoch=9000, last=12000)
     phases = detect_phases(rows)
