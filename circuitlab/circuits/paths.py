@@ -23,11 +23,15 @@ from torch import Tensor
 from circuitlab.circuits.heads import attention_patterns
 
 
+def is_linear_attention_only(cfg) -> bool:
+    """The paper's setting, where the path expansion is exact: attention only, no LayerNorm, no attention biases."""
+    return (getattr(cfg, "attn_only", False) and getattr(cfg, "normalization_type", None) is None
+            and not getattr(cfg, "attn_bias", False))
+
+
 def check_linear_attention_only(model, what: str) -> None:
     """Path expansion needs an attention-only model with no LayerNorm (the paper's setting)."""
-    cfg = model.cfg
-    if (not getattr(cfg, "attn_only", False) or getattr(cfg, "normalization_type", None) is not None
-            or getattr(cfg, "attn_bias", False)):
+    if not is_linear_attention_only(model.cfg):
         raise ValueError(f"{what} needs an attention-only model without LayerNorm or attention biases "
                          "(Elhage et al. 2021's setting)")
 

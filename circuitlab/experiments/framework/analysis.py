@@ -17,6 +17,7 @@ from circuitlab.circuits.circuits import copying_statistic, ov_circuit, qk_circu
 from circuitlab.circuits.competition import competition_from_table, competition_model, softmax_competition
 from circuitlab.circuits.composition import composition_scores
 from circuitlab.circuits.heads import head_scores
+from circuitlab.circuits.paths import is_linear_attention_only
 from circuitlab.circuits.skip_trigrams import skip_trigram_bugs, skip_trigram_table
 from circuitlab.circuits.term_importance import term_importance
 from circuitlab.data.windows import common_token_pool, text_windows, token_pool
@@ -32,12 +33,6 @@ from circuitlab.heads import (
 def _combined(fm: FactoredMatrix, heads: list[Head]) -> FactoredMatrix:
     """The sum of several heads' circuits, still factored: sum_h A_h B_h = [A_1 .. A_n] [B_1; ..; B_n]."""
     return FactoredMatrix(torch.cat([fm.A[l, h] for l, h in heads], -1), torch.cat([fm.B[l, h] for l, h in heads], -2))
-
-
-def is_linear(cfg) -> bool:
-    """The paper's setting (attention only, no LayerNorm, no biases), where the path expansion is exact."""
-    return (getattr(cfg, "attn_only", False) and getattr(cfg, "normalization_type", None) is None
-            and not getattr(cfg, "attn_bias", False))
 
 
 def analyze_model(model, train_tokens: np.ndarray, heldout_tokens: np.ndarray, decode=None, n_text: int = 32,
@@ -70,7 +65,7 @@ def analyze_model(model, train_tokens: np.ndarray, heldout_tokens: np.ndarray, d
     scores = timed("head_scores", head_scores, model, text[:10], bos=0, allowed=common)
     # The score split, term importance and the induction mechanism are exact path expansions: they need the
     # paper's setting.
-    linear = is_linear(cfg)
+    linear = is_linear_attention_only(cfg)
     split = timed("positional_content_split", positional_content_split, model, text[:10], scores.previous_token,
                   PREVIOUS_TOKEN) if linear else None
     diag = timed("ov_top1_diagonal", top1_diagonal_accuracy, ovc, pool)
