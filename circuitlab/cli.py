@@ -101,6 +101,9 @@ def train(
                          eval_every=eval_every, checkpoint_every=checkpoint_every, log_checkpoints=log_checkpoints,
                          bos=bos, seed=seed, device=device, autocast=autocast)
     corpus_flags = {"text": text, "hf_dataset": hf_dataset}
+    for flag, value in (("--max-steps", max_steps), ("--max-tokens", max_tokens)):
+        if value is not None and value < 1:  # 0 would mean "derive from the other" and start the preset's budget
+            raise CircuitlabError(f"{flag} must be at least 1 (got {value})")
     if resume and (out / "run.json").exists():
         run = Run.open(out)
         model_cfg, train_cfg = run.with_flags(model_flags, train_flags)  # `train` refuses changed settings

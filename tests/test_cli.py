@@ -126,3 +126,16 @@ def test_experiment_induction_on_your_text_over_two_seeds(small_corpus_dir, tmp_
     assert s.seeds == [0, 1] and all(c.seeds == 2 for c in s.claims) and "Claims" in r.output
     assert json.loads((out / "seeds" / "1" / "runs" / "2L" / "run.json").read_text())["model"]["seed"] == 1
     assert json.loads((out / "runs" / "2L" / "run.json").read_text())["data"]["corpus"].startswith("text:")
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--lr", "nan"], "lr must be a finite number"), (["--lr", "inf"], "lr must be a finite number"),
+    (["--weight-decay", "nan"], "weight_decay must be"), (["--grad-clip", "nan"], "grad_clip must be"),
+    (["--seed", "-1"], "seed must be"), (["--log-checkpoints", "-1"], "log_checkpoints must be"),
+    (["--max-steps", "0"], "--max-steps must be at least 1"), (["--max-tokens", "0"], "--max-tokens must be"),
+])
+def test_bad_training_numbers_are_one_line_and_write_nothing(small_corpus_dir, tmp_path, flags, words):
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["train", "--text", str(small_corpus_dir), "--out", str(out), *TINY, *flags])
+    assert r.exit_code == 2 and words in error_line(r) and "Traceback" not in r.output, r.output
+    assert not out.exists()

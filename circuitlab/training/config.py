@@ -46,8 +46,16 @@ class TrainConfig:
         for name in ("batch_size", "eval_every", "eval_windows", "checkpoint_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1")
-        if self.lr <= 0:
-            problems.append("lr must be > 0")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            problems.append(f"lr must be a finite number > 0 (got {self.lr})")
+        for name in ("weight_decay", "grad_clip", "min_lr_ratio", "warmup_steps", "max_tokens", "max_steps",
+                     "log_checkpoints", "seed"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                problems.append(f"{name} must be a finite number >= 0 (got {v})")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                problems.append(f"{name} must be in [0, 1) (got {getattr(self, name)})")
         if self.schedule not in ("cosine", "constant"):
             problems.append(f"schedule must be 'cosine' or 'constant' (got {self.schedule!r})")
         if self.decay not in ("matrices", "all"):
