@@ -181,3 +181,29 @@ def test_every_task_resumes_exactly(tmp_path):
     with pytest.raises(CircuitlabError, match="task differs"):
         train(cases[1][0], tcfg(max_steps=20, eval_every=5, checkpoint_every=5, log_checkpoints=0),
               ModularAdditionTask(13, 0.4, 0), tmp_path / "s1", resume=True, progress=False)
+
+
+def test_damaged_or_missing_optimizer_state_is_refused_before_anything_changes(tiny_data, tiny_cfg, tmp_path):
+    """A crafted optimizer.safetensors with tensors of the wrong shape or dtype (which the fused AdamW kernel would
+    read and write out of bounds) and a missing one (which used to restart from step 0 and empty metrics.jsonl) are
+    one clear error each; every file of the run is left as it was."""
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "r"
+    train(tiny_cfg, tcfg(max_steps=8), tiny_data, out, progress=False)
+    opt = out / "optimizer.safetensors"
+    good = opt.read_bytes()
+    before = {p.name: digest(p) for p in out.rglob("*") if p.is_file() and p != opt}
+    state = load_file(str(opt))
+    name = next(k for k in state if k.endswith("::exp_avg"))
+    for bad in ({**state, name: torch.zeros(1)}, {**state, name: torch.zeros(3, 3)},
+                {**state, name: state[name].double()}, {**state, name: torch.full_like(state[name], float("nan"))}):
+        save_file(bad, str(opt), metadata={"step": "8", "extra": "{}"})
+        with pytest.raises(CircuitlabError, match="does not fit the model"):
+            train(tiny_cfg, tcfg(max_steps=16), tiny_data, out, resume=True, progress=False)
+    opt.unlink()
+    with pytest.raises(CircuitlabError, match="no optimizer.safetensors"):
+        train(tiny_cfg, tcfg(max_steps=16), tiny_data, out, resume=True, progress=False)
+    assert {p.name: digest(p) for p in out.rglob("*") if p.is_file()} == before
+    opt.write_bytes(good)
+    assert train(tiny_cfg, tcfg(max_steps=16), tiny_data, out, resume=True, progress=False).checkpoints[-1] == 16

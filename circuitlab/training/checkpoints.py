@@ -88,12 +88,26 @@ def optimizer_step(run_dir: Path) -> int | None:
 
 def load_optimizer(run_dir: Path, optimizer: torch.optim.Optimizer, model: Transformer) -> dict:
     """Restore the optimizer state; returns the `extra` dict saved with it."""
-    tensors, meta = _read(Path(run_dir) / "optimizer.safetensors")
+    path = Path(run_dir) / "optimizer.safetensors"
+    tensors, meta = _read(path)
     params = dict(model.named_parameters())
+    bad = lambda why: CircuitlabError(  # noqa: E731
+        f"{path} does not fit the model ({why}): the run's files do not belong together; resume from a copy of the "
+        "run that has its own optimizer state")
     for key, value in tensors.items():
         name, _, field = key.partition("::")
         if name not in params:
-            raise CircuitlabError(f"optimizer state names parameter {name!r} that the model lacks: the run's files do not belong together")
+            raise bad(f"it names parameter {name!r}, which the model lacks")
         p = params[name]
+        # The fused AdamW kernel reads and writes these tensors in place without checking them: a wrong shape or
+        # dtype would corrupt memory, so each must match its parameter exactly.
+        want = (torch.Size([]), None) if field == "step" else (p.shape, p.dtype)
+        if field not in ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            raise bad(f"unknown state {key!r}")
+        if value.shape != want[0] or (want[1] is not None and value.dtype != want[1]) or not value.dtype.is_floating_point:
+            raise bad(f"{key} has shape {tuple(value.shape)} and dtype {value.dtype}, the parameter "
+                      f"{tuple(want[0])} and {want[1] or 'a float'}")
+        if not torch.isfinite(value).all():
+            raise bad(f"{key} holds non-finite values")
         optimizer.state[p][field] = value if field == "step" else value.to(p.device)
     return json.loads(meta.get("extra", "{}"))

@@ -24,7 +24,7 @@ from circuitlab.errors import CircuitlabError
 from circuitlab.model import ModelConfig, Transformer
 from circuitlab.results import atomic_write_text
 from circuitlab.training.checkpoints import (
-    checkpoint_path, load_checkpoint, load_optimizer, optimizer_step, save_checkpoint, save_optimizer,
+    checkpoint_path, list_checkpoints, load_checkpoint, load_optimizer, optimizer_step, save_checkpoint, save_optimizer,
 )
 from circuitlab.training.config import TrainConfig
 from circuitlab.training.flops import peak_matmul_flops
@@ -76,13 +76,15 @@ def _start(out: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task
             raise CircuitlabError(f"cannot resume {out} with different settings ({clash}): drop those flags or use "
                                   "another --out")
         task.check_resume(saved)
+        if optimizer_step(out) is None and any(s > 0 for s in list_checkpoints(out)):
+            raise CircuitlabError(f"cannot resume {out}: it has checkpoints but no optimizer.safetensors, so training "
+                                  "cannot continue exactly; restore that file, or train again into another --out")
     else:
         if out.exists() and any(out.iterdir()):
             raise CircuitlabError(f"{out} exists and is not empty but holds no run: choose an empty or new --out")
         out.mkdir(parents=True, exist_ok=True)
         task.write(out)
     meta = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "task": task.spec(), "data": task.info()}
-    atomic_write_text(out / "run.json", json.dumps(meta, indent=2))
 
     device = torch.device(train_cfg.device)
     step = optimizer_step(out) if exists else None
@@ -90,12 +92,15 @@ def _start(out: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task
         model, _ = load_checkpoint(checkpoint_path(out, step), model_cfg, device)
         optimizer = make_optimizer(model, train_cfg)
         extra = load_optimizer(out, optimizer, model)
-        # Rows logged after the checkpoint we resume from are redone: drop them so the log has no duplicates.
+        # Only now that the saved state has loaded: the run's settings (its budget may have grown) ...
+        atomic_write_text(out / "run.json", json.dumps(meta, indent=2))
+        # ... and rows logged after the checkpoint we resume from are redone: drop them so the log has no duplicates.
         rows = [r for r in read_metrics(out / "metrics.jsonl") if r["step"] <= step]
         atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         log.info("resuming %s from step %d", out, step)
         return model, optimizer, step, extra
     # A new run, or one stopped before its first optimizer save: start from the (deterministic) initialisation.
+    atomic_write_text(out / "run.json", json.dumps(meta, indent=2))
     atomic_write_text(out / "metrics.jsonl", "")
     model = Transformer(model_cfg).to(device)
     return model, make_optimizer(model, train_cfg), 0, {}
