@@ -207,3 +207,18 @@ def test_damaged_or_missing_optimizer_state_is_refused_before_anything_changes(t
     assert {p.name: digest(p) for p in out.rglob("*") if p.is_file()} == before
     opt.write_bytes(good)
     assert train(tiny_cfg, tcfg(max_steps=16), tiny_data, out, resume=True, progress=False).checkpoints[-1] == 16
+
+
+def test_a_run_directory_has_one_writer_at_a_time(tiny_data, tiny_cfg, tmp_path):
+    """While one process holds a run's lock (here: the lock taken directly), training into it is refused with a line
+    naming the holder, and nothing in it changes; the lock goes with its holder, so the same command then works."""
+    from circuitlab.training.lock import run_lock
+
+    out = tmp_path / "r"
+    train(tiny_cfg, tcfg(max_steps=4), tiny_data, out, progress=False)
+    before = {p.name: digest(p) for p in out.rglob("*") if p.is_file()}
+    with run_lock(out):
+        with pytest.raises(CircuitlabError, match=r"in use by another circuitlab process \(pid \d+ on .*since"):
+            train(tiny_cfg, tcfg(max_steps=8), tiny_data, out, resume=True, progress=False)
+        assert {p.name: digest(p) for p in out.rglob("*") if p.is_file()} == before
+    assert train(tiny_cfg, tcfg(max_steps=8), tiny_data, out, resume=True, progress=False).checkpoints[-1] == 8

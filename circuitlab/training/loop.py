@@ -28,6 +28,7 @@ from circuitlab.training.checkpoints import (
 )
 from circuitlab.training.config import TrainConfig
 from circuitlab.training.flops import peak_matmul_flops
+from circuitlab.training.lock import LOCK_NAME, run_lock
 from circuitlab.training.progress import TrainProgress
 from circuitlab.training.run import Run, read_metrics, resume_clash
 from circuitlab.training.tasks import LanguageModelTask, Task
@@ -80,8 +81,6 @@ def _start(out: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task
             raise CircuitlabError(f"cannot resume {out}: it has checkpoints but no optimizer.safetensors, so training "
                                   "cannot continue exactly; restore that file, or train again into another --out")
     else:
-        if out.exists() and any(out.iterdir()):
-            raise CircuitlabError(f"{out} exists and is not empty but holds no run: choose an empty or new --out")
         out.mkdir(parents=True, exist_ok=True)
         task.write(out)
     meta = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "task": task.spec(), "data": task.info()}
@@ -125,9 +124,14 @@ def train(
     # gathers) accumulates in a varying order, so two runs of the same command drifted apart (measured: different
     # weights after 400 epochs of the paper's preset, equal with this on, and no slower).
     previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    if not resume and (out / "run.json").exists():  # said before taking the lock, which would create the folder
+        raise CircuitlabError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    if not (out / "run.json").exists() and out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
+        raise CircuitlabError(f"{out} exists and is not empty but holds no run: choose an empty or new --out")
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        return _train(model_cfg, train_cfg, task, out, resume, callbacks, progress, stop_at)
+        with run_lock(out):  # one writer per run directory, for the whole run
+            return _train(model_cfg, train_cfg, task, out, resume, callbacks, progress, stop_at)
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
