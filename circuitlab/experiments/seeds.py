@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from circuitlab.errors import CircuitlabError
 from circuitlab.experiments.claims import Claim
 from circuitlab.results import Result
 from circuitlab.training.presets import ExperimentPreset
@@ -110,8 +111,6 @@ def aggregate(per_seed: list[list[Claim]]) -> list[SeedClaim]:
 def finished(cls, path: Path, preset: str, corpus: str | None = None):
     """The results a finished earlier call wrote at `path`, if made with the same preset (and corpus) and readable;
     else None."""
-    from circuitlab.errors import CircuitlabError
-
     if not Path(path).exists():
         return None
     try:

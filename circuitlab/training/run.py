@@ -49,6 +49,16 @@ def resume_clash(run: "Run", model_cfg: ModelConfig, train_cfg: TrainConfig) -> 
     return ", ".join(f"--{k.replace('_', '-')} was {a!r}, now {b!r}" for k, a, b in diff)
 
 
+def finished_run(out: Path | str, model_cfg: ModelConfig, train_cfg: TrainConfig, task: dict | None = None):
+    """The run in `out` if it is finished with exactly these settings (and task spec, when given), to be reused
+    as it is; else None (then `train(..., resume=True)` continues it, or refuses other settings)."""
+    if not (Path(out) / "run.json").exists():
+        return None
+    run = Run.open(out)
+    same = run.config == model_cfg and run.train_config == train_cfg and (task is None or run.task == task)
+    return run if run.finished and same else None
+
+
 @dataclass
 class Run:
     path: Path

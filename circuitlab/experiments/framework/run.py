@@ -13,6 +13,7 @@ from circuitlab.experiments.framework.analysis import analyze_run
 from circuitlab.experiments.framework.claims import framework_claims
 from circuitlab.results import Result
 from circuitlab.training import Run, train
+from circuitlab.training.run import finished_run
 from circuitlab.training.presets import ExperimentPreset
 
 
@@ -37,7 +38,7 @@ def train_preset_model(preset, run_dir: Path, like: dict | None = None, corpus: 
     """Train (resume, or reuse when finished) one language model of a preset; `like` overrides its model fields
     (the width and vocabulary shared with other experiments' models)."""
     m, t = preset.configs(model={**(like or {}), "n_layers": preset.model["n_layers"], "smeared_keys": False})
-    if not ((run_dir / "run.json").exists() and Run.open(run_dir).finished):
+    if finished_run(run_dir, m, t) is None:
         data = prepare_tokens(load_corpus(**(corpus or {})), m.d_vocab, t.heldout_fraction)
         train(m, t, data, run_dir, resume=(run_dir / "run.json").exists(), progress=progress)
     return run_dir

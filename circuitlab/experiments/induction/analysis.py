@@ -19,6 +19,7 @@ from circuitlab.induction.measure import Measurement, pca_matrix, read_measureme
 from circuitlab.induction.phase import Window, jump_window, loss_bump
 from circuitlab.series import running_median as smooth
 from circuitlab.training import Run
+from circuitlab.training.run import finished_run
 from circuitlab.training.presets import ExperimentPreset
 
 COPYING_PASSAGE = (
@@ -71,11 +72,8 @@ def _task_model(out: Path, task, model_cfg, steps: int):
     cfg = TrainConfig(batch_size=32, lr=3e-3, warmup_steps=100, schedule="constant", beta2=0.98, max_steps=steps,
                       eval_every=100, checkpoint_every=steps, log_checkpoints=0)
     training = SequenceTaskTraining(task)
-    run = Run.open(run_dir) if (run_dir / "run.json").exists() else None
-    # reused when finished with the same settings; `train` resumes the others and refuses other settings
-    if not (run and run.finished and run.config == model_cfg and run.train_config == cfg
-            and run.task == training.spec()):
-        run = train(model_cfg, cfg, training, run_dir, resume=run is not None, progress=False)
+    run = finished_run(run_dir, model_cfg, cfg, training.spec()) or \
+        train(model_cfg, cfg, training, run_dir, resume=(run_dir / "run.json").exists(), progress=False)
     return run.model(), TaskTraining(str(run_dir), run.checkpoints[-1], run.metrics)
 
 

@@ -34,16 +34,15 @@ def _train_and_measure(name: str, mcfg: dict, tcfg: dict, run_dir: str, probe_pa
     from circuitlab.induction.measure import Probe, measure_run
     from circuitlab.model import ModelConfig
     from circuitlab.training import Run, TrainConfig, train
+    from circuitlab.training.run import finished_run
 
     if set_threads:
         torch.set_num_threads(threads)
     m, t = ModelConfig.from_dict(mcfg), TrainConfig.from_dict(tcfg)
     run_dir = Path(run_dir)
-    run = Run.open(run_dir) if (run_dir / "run.json").exists() else None
-    # a finished run with the same settings is reused; `train` resumes the others (and refuses other settings)
-    if not (run and run.finished and run.config == m and run.train_config == t):
+    if finished_run(run_dir, m, t) is None:
         data = prepare_tokens(load_corpus(**corpus), m.d_vocab, t.heldout_fraction)
-        train(m, t, data, run_dir, resume=run is not None, progress=False)
+        train(m, t, data, run_dir, resume=(run_dir / "run.json").exists(), progress=False)
     p = load_file(str(probe_path))
     measure_run(Run.open(run_dir), Probe(p["windows"], p["pca_positions"], p["allowed"]),
                 run_dir / "measurements.jsonl")
