@@ -271,27 +271,34 @@ def experiment_induction(
     text: Optional[str] = typer.Option(None, help="Your own text instead of the embedded corpus: a file, a folder or a glob."),
     hf_dataset: Optional[str] = typer.Option(None, help="A Hugging Face dataset NAME[:SPLIT] (needs the network or a local folder)."),
     seeds: int = typer.Option(1, help="Seeds 0..N-1 (init and data order); each claim reported as reproduced in k of N."),
+    max_tokens: Optional[int] = typer.Option(None, help="Cap on the plain models' tokens (they stop earlier once "
+                                                        "their phase change has settled); default: the preset's."),
 ):
     """Induction heads and the in-context-learning phase change (Olsson et al. 2022): trains the 1L, 2L and
-    smeared-key models with dense checkpoints, measures every checkpoint, and writes OUT/results.json with the claims."""
-    from circuitlab.experiments.induction import run_induction_experiment
+    smeared-key models with dense checkpoints, measuring each checkpoint as it is reached, until the phase change
+    has settled (the token budget is a cap), and writes OUT/results.json with the claims."""
+    from circuitlab.experiments.induction import PRESETS, run_induction_experiment
+    from circuitlab.experiments.induction.presets import with_cap
     from circuitlab.experiments.induction.tables import print_induction
+    from circuitlab.training.presets import choose
 
     out = out or Path(f"runs/induction-{preset}")
     corpus = _given(text=text, hf_dataset=hf_dataset)
+    chosen = choose(PRESETS, preset, "induction preset")
+    if max_tokens is not None:
+        chosen = with_cap(chosen, max_tokens)
     if _seeds(seeds) > 1:
         from circuitlab.data import load_corpus
-        from circuitlab.experiments.induction import PRESETS, InductionResults
+        from circuitlab.experiments.induction import InductionResults
         from circuitlab.experiments.seeds import run_seeds
-        from circuitlab.training.presets import choose
 
         corpus_id = load_corpus(**corpus).id
         r = run_seeds("induction", lambda p, d, k: run_induction_experiment(p, d, workers=workers, corpus=corpus),
-                      choose(PRESETS, preset, "induction preset"), out, seeds, InductionResults, corpus_id)
+                      chosen, out, seeds, InductionResults, corpus_id)
         print_claims(r.claims)
         console.print(f"wrote {out / 'seeds.json'} (seed k > 0 under {out / 'seeds'})")
         return
-    print_induction(run_induction_experiment(preset, out, workers=workers, corpus=corpus))
+    print_induction(run_induction_experiment(chosen, out, workers=workers, corpus=corpus))
     console.print(f"wrote {out / 'results.json'}")
 
 

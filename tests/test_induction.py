@@ -1,5 +1,7 @@
 """ICL score, repeated-token loss, phase-change windows, PCA pivot and head ablations, on planted models."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -109,3 +111,25 @@ def test_per_token_pca_pivot():
     proj, ratio = per_token_pca(X)
     assert ratio.sum() == pytest.approx(1.0, abs=1e-6)
     assert pca_pivot(proj) == 10
+
+
+def _logistic(tokens, centre, width_decades, top=0.5):
+    """A rise to `top` whose 10% -> 90% points are `width_decades` apart around `centre` tokens."""
+    k = 2 * math.log(9) / width_decades
+    return [0.01 + top / (1 + math.exp(-k * (math.log10(t) - math.log10(centre)))) for t in tokens]
+
+
+def test_settled_only_once_a_rise_has_happened_and_stayed_up():
+    from circuitlab.induction.phase import SETTLE_DECADES, settled
+
+    tokens = [int(x) for x in np.geomspace(1e4, 1e8, 120)]
+    rise = _logistic(tokens, 1e6, 0.3)
+    # positive: an abrupt rise at 1M, followed long enough, settles -- first when training has gone on past its end
+    first = next(i for i in range(10, len(tokens)) if settled(tokens[: i + 1], rise[: i + 1], 0.1))
+    end = 1e6 * 10 ** 0.15
+    assert end * 10**SETTLE_DECADES * 0.8 <= tokens[first] <= end * 10**0.3 * 1.6
+    # negatives: a rise still under way, one that stays below the level, one linear in tokens still going up
+    assert settled(tokens[:70], _logistic(tokens, 1e8, 0.3)[:70], 0.1) is None
+    assert settled(tokens, _logistic(tokens, 1e6, 0.3, top=0.05), 0.1) is None
+    linear = [0.5 * t / tokens[-1] for t in tokens]
+    assert all(settled(tokens[:i], linear[:i], 0.1) is None for i in range(10, len(tokens), 7))

@@ -13,6 +13,7 @@ from circuitlab.heads import Head
 from circuitlab.series import running_median as smooth
 from circuitlab.induction.behaviours import translation_behaviour
 from circuitlab.induction.measure import Probe, measure_checkpoint, measure_run
+from circuitlab.model import ModelConfig
 from circuitlab.training import Run, TrainConfig, train
 from tests.planted import induction_model
 
@@ -264,3 +265,42 @@ def test_control_ablation_and_behaviour_claims(tiny_experiment):
                    "Pattern matching") == "reproduced"
     assert verdict(replace(r, behaviours=replace(b, pattern=replace(b.pattern, best_share=0.7, accuracy=0.25))),
                    "Pattern matching") == "not reproduced"
+
+
+def test_online_measuring_and_a_follower_stops_where_its_leader_stopped(tiny_data, tiny_cfg, tmp_path):
+    from circuitlab.errors import CircuitlabError
+    from circuitlab.experiments.induction.online import FAILED_NAME, MeasureAsTraining
+    from circuitlab.induction.measure import read_measurements
+
+    probe = Probe.make(sample_windows(tiny_data.val, 4, 32, np.random.default_rng(0), True))
+    c = TrainConfig(batch_size=4, lr=3e-3, warmup_steps=5, max_steps=48, eval_every=8, eval_windows=4,
+                    checkpoint_every=8, log_checkpoints=4)
+    lead_dir = tmp_path / "lead"
+    leader = MeasureAsTraining(probe, lead_dir / "measurements.jsonl")
+
+    def lead(ctx):
+        leader(ctx)
+        if ctx.step == 24:
+            ctx.stop = "planted stop"
+
+    lead_run = train(tiny_cfg, c, tiny_data, lead_dir, progress=False, callbacks=[lead])
+    measured = read_measurements(lead_dir / "measurements.jsonl")
+    assert sorted(measured) == lead_run.checkpoints  # every checkpoint measured as training reached it
+    assert measured[24].step == 24 and measured[24].tokens == 24 * 4 * 32
+    # the follower (1L) trains as far as its leader, not to its own budget
+    one = ModelConfig(**(tiny_cfg.to_dict() | {"n_layers": 1}))
+    follower = MeasureAsTraining(probe, tmp_path / "f" / "measurements.jsonl", follow=lead_dir, poll_seconds=0.01)
+    run = train(one, c, tiny_data, tmp_path / "f", progress=False, callbacks=[follower])
+    assert run.checkpoints[-1] == 24 and run.finished and "planted stop" in run.stopped["reason"]
+    # a leader that failed: the follower says so instead of waiting for it
+    (lead_dir / "stopped.json").unlink()
+    (lead_dir / FAILED_NAME).write_text("failed\n")
+    waiting = MeasureAsTraining(probe, tmp_path / "g" / "measurements.jsonl", follow=lead_dir, poll_seconds=0.01)
+    with pytest.raises(CircuitlabError, match="failed"):
+        train(one, c, tiny_data, tmp_path / "g", progress=False, callbacks=[waiting])
+    # a leader that measures nothing new: the follower gives up after its wait
+    (lead_dir / FAILED_NAME).unlink()
+    stuck = MeasureAsTraining(probe, tmp_path / "h" / "measurements.jsonl", follow=lead_dir, poll_seconds=0.01,
+                              wait_seconds=0.05)
+    with pytest.raises(CircuitlabError, match="measured nothing new"):
+        train(one, c, tiny_data, tmp_path / "h", progress=False, callbacks=[stuck])

@@ -222,3 +222,25 @@ def test_a_run_directory_has_one_writer_at_a_time(tiny_data, tiny_cfg, tmp_path)
             train(tiny_cfg, tcfg(max_steps=8), tiny_data, out, resume=True, progress=False)
         assert {p.name: digest(p) for p in out.rglob("*") if p.is_file()} == before
     assert train(tiny_cfg, tcfg(max_steps=8), tiny_data, out, resume=True, progress=False).checkpoints[-1] == 8
+
+
+def test_a_callback_can_stop_a_run_which_then_counts_as_finished(tiny_data, tiny_cfg, tmp_path):
+    from circuitlab.training.run import finished_run
+
+    def stop_at_16(ctx):
+        if ctx.step == 16:
+            ctx.stop = "enough"
+
+    c = tcfg(max_steps=40, checkpoint_every=100, log_checkpoints=0)  # 16 is not a checkpoint step: saved anyway
+    run = train(tiny_cfg, c, tiny_data, tmp_path / "r", progress=False, callbacks=[stop_at_16])
+    assert run.checkpoints == [0, 16] and run.stopped == {"step": 16, "tokens": 16 * 4 * 32, "reason": "enough"}
+    assert run.finished and finished_run(tmp_path / "r", tiny_cfg, c) is not None
+    assert [r["step"] for r in run.metrics] == [0, 8, 16]
+    # resuming continues past the stop, to the budget, exactly as a run that never stopped
+    straight = train(tiny_cfg, c, tiny_data, tmp_path / "straight", progress=False)
+    resumed = train(tiny_cfg, c, tiny_data, tmp_path / "r", resume=True, progress=False)
+    assert resumed.stopped is None and resumed.checkpoints[-1] == 40
+    assert all(torch.equal(p, q) for p, q in zip(straight.model().parameters(), resumed.model().parameters()))
+    (tmp_path / "r" / "stopped.json").write_text("{not json")
+    with pytest.raises(CircuitlabError, match="stopped.json is damaged"):
+        _ = circuitlab.load_run(tmp_path / "r").stopped

@@ -9,6 +9,10 @@ that change is abrupt, how much of another series changes inside it, and the bum
   length, and one linear in log-tokens spans 80% of the run's decades. ABRUPT_DECADES = 0.5 separates them.
 - `share_inside`: the fraction of a series' total change (early level -> final level) that happens between a
   window's start and end (the paper: > 75% of the final ICL forms inside the phase-change window).
+- `settled`: whether a rise seen so far (training still going) has happened and settled, so training can stop:
+  its window is found, its level is reached, and training has gone on past the window's end by the window's own
+  width (at least SETTLE_DECADES): long enough to see that the score stays up, and to give `loss_bump` its flank
+  after the window.
 - `loss_bump`: the bump in the training loss, as the gap L_2L - L_1L: inside the window it must fall at least
   BUMP_SLOPE_RATIO times as fast (per decade of tokens) as in the equally wide spans just before and after it (cut
   at the ends of training, to no less than half the width), and by more than the gap's noise; otherwise there is
@@ -23,8 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from circuitlab.results import Result
+from circuitlab.series import running_median
 
 ABRUPT_DECADES = 0.5
+# Training goes on past a phase change's end by at least this (x1.6 in tokens) before it counts as settled.
+SETTLE_DECADES = 0.2
 # A bump is a local feature: the gap falls at least twice as fast inside the window as around it. (Twice: a curve
 # whose slope merely drifts -- a trend -- has flanks within a few tens of percent of the middle.)
 BUMP_SLOPE_RATIO = 2.0
@@ -118,6 +125,24 @@ def overlaps(a: Window, b: Window, slack_decades: float = 0.1) -> bool:
         return False
     f = 10**slack_decades
     return a.start / f <= b.end * f and b.start / f <= a.end * f
+
+
+def settled(tokens: list[int], values: list[float], level: float, smooth_k: int = 5) -> str | None:
+    """Why the rise of `values` (a score measured so far at increasing `tokens`) has happened and settled, or None
+    while it has not: its 10% -> 90% window (`jump_window` of the running median over `smooth_k` checkpoints) is
+    found, the smoothed score ends >= `level`, and training has gone on past the window's end by
+    max(window width, SETTLE_DECADES) decades."""
+    if len(values) < 2:
+        return None
+    smooth = running_median(list(values), k=smooth_k)
+    w = jump_window(tokens, smooth)
+    if not w.found or w.start <= 0 or smooth[-1] < level:
+        return None
+    after = max(w.decades, SETTLE_DECADES)
+    if tokens[-1] < w.end * 10**after:
+        return None
+    return (f"the rise {w.start:,}-{w.end:,} tokens ({w.decades:.2f} decades) to {smooth[-1]:.3f} had settled by "
+            f"{tokens[-1]:,} tokens ({after:.2f} decades after its end)")
 
 
 @dataclass

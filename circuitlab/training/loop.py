@@ -30,7 +30,7 @@ from circuitlab.training.config import TrainConfig
 from circuitlab.training.flops import peak_matmul_flops
 from circuitlab.training.lock import LOCK_NAME, run_lock
 from circuitlab.training.progress import TrainProgress
-from circuitlab.training.run import Run, read_metrics, resume_clash
+from circuitlab.training.run import STOPPED_NAME, Run, read_metrics, resume_clash
 from circuitlab.training.tasks import LanguageModelTask, Task
 
 log = logging.getLogger("circuitlab")
@@ -38,7 +38,8 @@ log = logging.getLogger("circuitlab")
 
 @dataclass
 class EvalContext:
-    """What an evaluation callback sees. It returns a dict of extra metrics (or None)."""
+    """What an evaluation callback sees. It returns a dict of extra metrics (or None); setting `stop` to a reason
+    ends the run here (saved, resumable, and `Run.finished`: see `Run.stopped`)."""
 
     step: int
     tokens: int
@@ -46,6 +47,7 @@ class EvalContext:
     task: Task
     run_dir: Path
     metrics: dict = field(default_factory=dict)
+    stop: str | None = None
 
 
 Callback = Callable[[EvalContext], "dict | None"]
@@ -77,6 +79,7 @@ def _start(out: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task
             raise CircuitlabError(f"cannot resume {out} with different settings ({clash}): drop those flags or use "
                                   "another --out")
         task.check_resume(saved)
+        (out / STOPPED_NAME).unlink(missing_ok=True)  # resuming a run stopped early continues it past that point
         if optimizer_step(out) is None and any(s > 0 for s in list_checkpoints(out)):
             raise CircuitlabError(f"cannot resume {out}: it has checkpoints but no optimizer.safetensors, so training "
                                   "cannot continue exactly; restore that file, or train again into another --out")
@@ -158,7 +161,8 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task, out: Path
     t_window, tokens_window = time.perf_counter(), 0
     metrics_file = (out / "metrics.jsonl").open("a")
 
-    def log_eval(step: int) -> None:
+    def log_eval(step: int) -> str | None:
+        """Evaluate and log one row; returns a callback's reason to stop here, if one gave it."""
         nonlocal t_window, tokens_window
         dt = time.perf_counter() - t_window
         tps = tokens_window / dt if tokens_window else 0.0
@@ -169,14 +173,16 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task, out: Path
             "mfu": round(tps * flops_per_token / peak, 4) if peak else None,
         }
         row.update(task.evaluate(model, step))
+        ctx = EvalContext(step, step * tokens_per_step, model, task, out, row)
         for cb in callbacks:
-            row.update(cb(EvalContext(step, step * tokens_per_step, model, task, out, row)) or {})
+            row.update(cb(ctx) or {})
         metrics_file.write(json.dumps(row) + "\n")
         metrics_file.flush()
         recent.clear()
         if bar:
             bar.note(row)
         t_window, tokens_window = time.perf_counter(), 0
+        return ctx.stop
 
     try:
         if start == 0:
@@ -212,8 +218,13 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task, out: Path
                 save_checkpoint(out, model, done, done * tokens_per_step)
                 save_optimizer(out, optimizer, model, done, {"recent_train_losses": [] if evaluating else recent})
                 last_good = done
-            if evaluating:
-                log_eval(done)
+            if evaluating and (reason := log_eval(done)) and done < total:
+                if done not in ckpt_steps and done != last:  # a stop is always at a saved state
+                    save_checkpoint(out, model, done, done * tokens_per_step)
+                    save_optimizer(out, optimizer, model, done, {"recent_train_losses": []})
+                atomic_write_text(out / STOPPED_NAME, json.dumps(
+                    {"step": done, "tokens": done * tokens_per_step, "reason": reason}, indent=2))
+                break
     finally:
         metrics_file.close()
         if bar:

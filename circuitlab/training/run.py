@@ -5,6 +5,7 @@ RUN/tokenizer.json    the run's tokenizer (language-model tasks; Hugging Face `t
 RUN/metrics.jsonl     one JSON row per evaluation
 RUN/checkpoints/      step-XXXXXXXXX.safetensors
 RUN/optimizer.safetensors
+RUN/stopped.json      only in a run an evaluation callback ended early: {"step", "tokens", "reason"}
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def read_metrics(path: Path) -> list[dict]:
             continue
     return rows
 
+
+STOPPED_NAME = "stopped.json"
 
 # Training settings that may change when a run is resumed: they do not change the trajectory up to the resume point.
 RESUMABLE = frozenset({"max_tokens", "max_steps", "eval_every", "checkpoint_every", "log_checkpoints", "device"})
@@ -100,10 +103,27 @@ class Run:
         return self.train_config.total_steps(self.config.n_ctx)
 
     @property
+    def stopped(self) -> dict | None:
+        """{"step", "tokens", "reason"} when an evaluation callback ended the run early (e.g. a phase change that
+        has settled), else None."""
+        p = self.path / STOPPED_NAME
+        if not p.exists():
+            return None
+        try:
+            d = json.loads(p.read_text())
+            return {"step": int(d["step"]), "tokens": int(d["tokens"]), "reason": str(d["reason"])}
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise CircuitlabError(f"{p} is damaged ({e}): delete it and resume the run to train it to its budget") from None
+
+    @property
     def finished(self) -> bool:
-        """Whether the run has its last checkpoint (an interrupted run is resumed with `train(..., resume=True)`)."""
+        """Whether the run has its last checkpoint, or the checkpoint it was stopped at (an interrupted run is
+        resumed with `train(..., resume=True)`)."""
         steps = self.checkpoints
-        return bool(steps) and steps[-1] >= self.total_steps
+        if not steps:
+            return False
+        stop = self.stopped
+        return steps[-1] >= self.total_steps or (stop is not None and steps[-1] >= stop["step"])
 
     def with_flags(self, model_flags: dict, train_flags: dict) -> tuple[ModelConfig, TrainConfig]:
         """The run's configs with the given fields replaced (what a resume was asked for; `train` then refuses the

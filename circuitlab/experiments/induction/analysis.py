@@ -128,7 +128,8 @@ def model_curves(run: Run, rows: list[Measurement]) -> ModelCurves:
         induction_heads=row_heads(final),
         windows=phase_windows([r.tokens for r in rows],
                               [r.best_induction for r in rows] if final.best_induction is not None else None,
-                              [r.icl for r in rows]))
+                              [r.icl for r in rows]),
+        stopped=(run.stopped or {}).get("reason"))
 
 
 def analyze_induction(preset: ExperimentPreset, out: Path) -> InductionResults:

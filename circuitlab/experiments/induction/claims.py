@@ -66,8 +66,9 @@ def phase_change_claims(two: "ModelCurves", bump: LossBump, pca_pivot_tokens: in
         f"window {window_text(wi)}{_decades(wi)}; best induction score {_num(value_at(curve, before_t, 'best_induction'))}"
         f" → {_num(final.best_induction)} (final, {fmt_tokens(final.tokens)} tokens); heads "
         f"{', '.join(map(str, two.induction_heads)) or 'none'}"
-        + ("" if phase or wi.found else f"; training ended at its {fmt_tokens(final.tokens)}-token budget before "
-           "a phase change completed (on another corpus heads may form later: give the plain models more tokens)"),
+        + (f"; stopped once it had settled ({two.stopped})" if two.stopped else
+           f"; training reached its {fmt_tokens(final.tokens)}-token cap before a phase change had settled (on "
+           "another corpus heads may form later: raise the cap, --max-tokens)"),
         verdict(phase), "induction-phase")]
     claims.append(Claim(
         PAPER, "In-context learning improves abruptly in the same window as the induction heads form",

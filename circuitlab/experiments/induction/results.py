@@ -54,7 +54,8 @@ class PhaseWindows(Result):
 
 @dataclass
 class ModelCurves(Result):
-    """One model of the experiment: its configs, curves over training, final scores, induction heads and windows."""
+    """One model of the experiment: its configs, curves over training, final scores, induction heads and windows;
+    stopped: why training stopped before its token budget (the cap), None when it trained to the cap."""
 
     config: dict
     train: dict
@@ -63,6 +64,7 @@ class ModelCurves(Result):
     final: FinalScores
     induction_heads: list[Head]
     windows: PhaseWindows
+    stopped: str | None = None
 
 
 @dataclass

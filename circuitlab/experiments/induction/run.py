@@ -24,13 +24,15 @@ from circuitlab.training.presets import ExperimentPreset, choose
 
 
 def _train_and_measure(name: str, mcfg: dict, tcfg: dict, run_dir: str, probe_path: str, threads: int,
-                       corpus: dict, set_threads: bool = True) -> str:
-    """Worker: train (resume / reuse) one model, then measure its checkpoints. Runs in its own process (or in this
-    one, with set_threads=False, when there is one worker)."""
+                       corpus: dict, rule: dict, set_threads: bool = True) -> str:
+    """Worker: train (resume / reuse) one model, measuring its checkpoints as it goes and stopping by `rule`
+    ({"settle": bool, "follow": run directory or None}, see `online`), then measure any checkpoint left. Runs in
+    its own process (or in this one, with set_threads=False, when there is one worker)."""
     import torch
     from safetensors.torch import load_file
 
     from circuitlab.data import load_corpus, prepare_tokens
+    from circuitlab.experiments.induction.online import FAILED_NAME, MeasureAsTraining
     from circuitlab.induction.measure import Probe, measure_run
     from circuitlab.model import ModelConfig
     from circuitlab.training import Run, TrainConfig, train
@@ -40,12 +42,20 @@ def _train_and_measure(name: str, mcfg: dict, tcfg: dict, run_dir: str, probe_pa
         torch.set_num_threads(threads)
     m, t = ModelConfig.from_dict(mcfg), TrainConfig.from_dict(tcfg)
     run_dir = Path(run_dir)
-    if finished_run(run_dir, m, t) is None:
-        data = prepare_tokens(load_corpus(**corpus), m.d_vocab, t.heldout_fraction)
-        train(m, t, data, run_dir, resume=(run_dir / "run.json").exists(), progress=False)
+    (run_dir / FAILED_NAME).unlink(missing_ok=True)
     p = load_file(str(probe_path))
-    measure_run(Run.open(run_dir), Probe(p["windows"], p["pca_positions"], p["allowed"]),
-                run_dir / "measurements.jsonl")
+    probe = Probe(p["windows"], p["pca_positions"], p["allowed"])
+    try:
+        if finished_run(run_dir, m, t) is None:
+            data = prepare_tokens(load_corpus(**corpus), m.d_vocab, t.heldout_fraction)
+            online = MeasureAsTraining(probe, run_dir / "measurements.jsonl", settle=rule["settle"],
+                                       follow=Path(rule["follow"]) if rule["follow"] else None)
+            train(m, t, data, run_dir, resume=(run_dir / "run.json").exists(), progress=False, callbacks=[online])
+        measure_run(Run.open(run_dir), probe, run_dir / "measurements.jsonl")
+    except BaseException:
+        if run_dir.exists():
+            (run_dir / FAILED_NAME).write_text("failed\n")
+        raise
     return name
 
 
@@ -68,6 +78,28 @@ def _progress_state(run_dir: Path, total: int) -> tuple[str, int]:
 
 def model_configs(preset: ExperimentPreset) -> dict[str, tuple]:
     return {n: p.configs() for n, p in preset.models.items()}
+
+
+def training_rules(preset: ExperimentPreset, out: Path) -> dict[str, dict]:
+    """How long each model trains (`online`): {"settle": stop once its phase change has settled, "follow": the run
+    directory of the model it stops with}; the preset's token budgets are the caps. A follower must evaluate at the
+    same token counts as the model it follows, so it can stop at exactly the same point."""
+    follow = preset.settings.get("follow", {})
+    cfgs = model_configs(preset)
+    rules = {}
+    for n in cfgs:
+        lead = follow.get(n)
+        if lead is not None:
+            if lead not in cfgs or lead in follow:
+                raise CircuitlabError(f"preset {preset.name!r}: {n} follows {lead!r}, which is not a model of the "
+                                      "preset that trains by its own rule")
+            (m, t), (lm, lt) = cfgs[n], cfgs[lead]
+            if (t.batch_size * m.n_ctx, t.eval_every) != (lt.batch_size * lm.n_ctx, lt.eval_every):
+                raise CircuitlabError(f"preset {preset.name!r}: {n} follows {lead} but evaluates at other token "
+                                      "counts: give both the same batch size, context and eval_every")
+        rules[n] = {"settle": lead is None and bool(preset.settings.get("settle", True)),
+                    "follow": str(out / "runs" / lead) if lead else None}
+    return rules
 
 
 def train_all(preset: ExperimentPreset, out: Path, workers: int | None = None, progress: bool = True,
@@ -96,19 +128,21 @@ def train_all(preset: ExperimentPreset, out: Path, workers: int | None = None, p
     workers = workers or max(1, min(len(cfgs), 2 if cpus <= 4 else cpus // 2))
     threads = max(1, cpus // workers)
     totals = {n: t.total_steps(m.n_ctx) for n, (m, t) in cfgs.items()}
-    # longest first, so the short smeared-key runs fill in behind the long ones
-    order = sorted(cfgs, key=lambda n: -cfgs[n][1].max_tokens * (1 + cfgs[n][0].n_layers))
+    rules = training_rules(preset, out)
+    # longest first, so the short smeared-key runs fill in behind the long ones; a follower after the run it follows
+    order = sorted(cfgs, key=lambda n: (rules[n]["follow"] is not None,
+                                        -cfgs[n][1].max_tokens * (1 + cfgs[n][0].n_layers)))
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
     if workers == 1:  # in this process: no spawn, so a script needs no __main__ guard
         for n in order:
             _train_and_measure(n, cfgs[n][0].to_dict(), cfgs[n][1].to_dict(), str(out / "runs" / n), str(probe_path),
-                               threads, corpus, set_threads=False)
+                               threads, corpus, rules[n], set_threads=False)
             seconds[n] = time.perf_counter() - t0
         return seconds, data.info["corpus_id"]
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         futures = {pool.submit(_train_and_measure, n, cfgs[n][0].to_dict(), cfgs[n][1].to_dict(),
-                               str(out / "runs" / n), str(probe_path), threads, corpus): n for n in order}
+                               str(out / "runs" / n), str(probe_path), threads, corpus, rules[n]): n for n in order}
         if progress:
             _show_progress(futures, out, totals, seconds, t0)
         for f, n in futures.items():
