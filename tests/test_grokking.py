@@ -88,6 +88,10 @@ def test_planted_frequencies_are_found():
     assert set((freq_norms > 1e-3).nonzero()[:, 0].add(1).tolist()) == set(ks)
     fractions = neuron_frequency_fractions(neuron_activations(m, p), p)
     assert key_frequencies_from_neurons(fractions) == ks
+    counts = {k: int((fractions.argmax(1) == k - 1).sum()) for k in ks}  # neurons explained by each
+    fewest = min(counts.values())
+    assert key_frequencies_from_neurons(fractions, min_neurons=fewest) == ks  # "at least", not "more than"
+    assert key_frequencies_from_neurons(fractions, min_neurons=fewest + 1) == [k for k in ks if counts[k] > fewest]
     assert torch.allclose(fractions.max(1).values, torch.ones(fractions.shape[0]), atol=1e-4)
     assert gini(freq_norms) > 0.6 and gini(torch.ones(6)) == pytest.approx(0.0)
 

@@ -91,12 +91,12 @@ def neuron_frequency_fractions(acts: Tensor, p: int) -> Tensor:
     return torch.stack(out, dim=1)
 
 
-def key_frequencies_from_neurons(fractions: Tensor, threshold: float = 0.85, min_neurons: int = 0) -> list[int]:
-    """Frequencies that at least one neuron (or `min_neurons`) is explained by above `threshold`, sorted."""
+def key_frequencies_from_neurons(fractions: Tensor, threshold: float = 0.85, min_neurons: int = 1) -> list[int]:
+    """Frequencies that at least `min_neurons` neurons (at least one) are explained by above `threshold`, sorted."""
     best_frac, best_k = fractions.max(dim=1)
     ks = best_k[best_frac > threshold] + 1
     counts = torch.bincount(ks, minlength=fractions.shape[1] + 1)
-    return [k for k in range(1, fractions.shape[1] + 1) if counts[k] > max(min_neurons, 0)]
+    return [k for k in range(1, fractions.shape[1] + 1) if counts[k] >= max(min_neurons, 1)]
 
 
 def sum_of_cosines_basis(p: int, k: int) -> Tensor:
