@@ -174,3 +174,31 @@ def test_reproduce_runs_every_stage_then_reuses_them(small_corpus_dir, tmp_path,
     assert {k: v.claims for k, v in second.items()} == {k: v.claims for k, v in first.items()}
     with pytest.raises(Exception, match="unknown preset"):
         reproduce.reproduce("nope", out)
+
+
+def test_spread_over_seeds_is_drawn_as_a_band(results_dir, tmp_path):
+    from circuitlab.experiments.grokking.report import grokking_figures
+    from circuitlab.experiments.induction.report import induction_figures
+    from circuitlab.report.figures import band
+
+    hi, lo = band([([1, 2, 3], [1.0, 5.0, 2.0]), ([1, 2, 4], [3.0, 4.0, 9.0]), ([1, 3], [2.0, None])], "m", "#d62728")
+    assert (lo["x"], lo["y"], hi["y"]) == ([1, 2], [1.0, 4.0], [3.0, 5.0])  # only where >= 2 seeds share the x
+    assert lo["fill"] == "tonexty" and "3 seeds" in lo["name"] and band([([1], [1.0])], "m") == []
+    g = json.loads((results_dir / "grokking" / "results.json").read_text())
+    other = json.loads(json.dumps(g))
+    other["curves"]["test_loss"] = [2 * v for v in g["curves"]["test_loss"]]
+    traces = grokking_figures(g, [other])["loss"]["data"]
+    filled = [t for t in traces if t.get("fill") == "tonexty"]
+    assert len(filled) == 1 and filled[0]["y"] == g["curves"]["test_loss"][: len(filled[0]["y"])]
+    assert len(grokking_figures(g)["loss"]["data"]) == 2  # one seed: no band
+    ind = json.loads((results_dir / "induction" / "results.json").read_text())
+    names = [t["name"] for t in induction_figures(ind, [ind])["induction_score"]["data"]]
+    assert sum("2 seeds" in n for n in names) == len(ind["models"])
+    # the report reads the other seeds from STAGE/seeds.json
+    from circuitlab.experiments.reproduce import _other_seeds
+
+    stage = tmp_path / "grokking"
+    (stage / "seeds" / "1").mkdir(parents=True)
+    (stage / "seeds" / "1" / "results.json").write_text(json.dumps(other))
+    (stage / "seeds.json").write_text(json.dumps({"seeds": [0, 1]}))
+    assert _other_seeds(stage, None) == [other] and _other_seeds(stage, 1) == []

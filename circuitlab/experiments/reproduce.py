@@ -115,6 +115,15 @@ def _read(path: Path):
         raise CircuitlabError(f"{path} cannot be read ({e}): run `circuitlab reproduce` again") from None
 
 
+def _other_seeds(stage: Path, seeds: int | None) -> list[dict]:
+    """The results of seeds 1..N-1 of a stage (STAGE/seeds/k/results.json), for the report's spread bands: the
+    seeds STAGE/seeds.json lists, or none when seeds == 1."""
+    if (seeds is not None and seeds < 2) or not (stage / "seeds.json").exists():
+        return []
+    dirs = [seed_dir(stage, k) for k in _read(stage / "seeds.json").get("seeds", []) if k > 0]
+    return [_read(d / "results.json") for d in dirs if (d / "results.json").exists()]
+
+
 def build_report(out_dir: Path | str, path: Path | str | None = None, seeds: int | None = None) -> Path:
     """Write the report (default DIR/report.html) from the results `reproduce` left in DIR; returns its path.
     Sections read the results in their JSON form (seed 0's); the claims are the ones each experiment saved, over
@@ -137,9 +146,9 @@ def build_report(out_dir: Path | str, path: Path | str | None = None, seeds: int
         ind = results["induction"]
         heads = ind["models"].get("2L", {}).get("induction_heads") or [None]
         viewer_section(page, ind["attention_viewer"], heads[0])
-        induction_sections(page, ind)
+        induction_sections(page, ind, _other_seeds(out / "induction", seeds))
     if "grokking" in results:
-        grokking_sections(page, results["grokking"])
+        grokking_sections(page, results["grokking"], _other_seeds(out / "grokking", seeds))
     return write_page(page, Path(path) if path else out / "report.html", "circuitlab: reproduced claims",
                       "Elhage et al. 2021 (circuits), Olsson et al. 2022 (induction heads), Nanda et al. 2023 "
                       "(grokking), measured on models trained by <code>circuitlab reproduce</code>.")

@@ -33,3 +33,34 @@ def vlines(xs: dict[str, float | None]) -> tuple[list[dict], list[dict]]:
     notes = [{"x": x, "y": 1, "xref": "x", "yref": "paper", "text": esc(k), "showarrow": False, "yanchor": "bottom",
               "font": {"size": 10}} for k, x in xs.items() if x is not None]
     return shapes, notes
+
+
+def band(series: list[tuple[list[float], list[float | None]]], name: str, color: str | None = None) -> list[dict]:
+    """The spread of one curve over seeds as a shaded band: series = [(x, y)] for each seed. At each x of the first
+    seed, the band spans the lowest to the highest y of the seeds measured at that same x (same checkpoint
+    schedule), where at least two are; [] when there is no second seed."""
+    if len(series) < 2:
+        return []
+    at = [dict(zip(x, y)) for x, y in series]
+    xs, lo, hi = [], [], []
+    for x in series[0][0]:
+        ys = [d[x] for d in at if d.get(x) is not None]
+        if len(ys) >= 2:
+            xs.append(x)
+            lo.append(min(ys))
+            hi.append(max(ys))
+    if not xs:
+        return []
+    style = {"type": "scatter", "mode": "lines", "line": {"width": 0, "color": color}, "hoverinfo": "skip",
+             "legendgroup": f"band {name}"}
+    return [{**style, "x": xs, "y": hi, "showlegend": False, "name": f"{name} max"},
+            {**style, "x": xs, "y": lo, "fill": "tonexty", "opacity": 0.2, "fillcolor": _faint(color),
+             "name": f"{name}: {len(series)} seeds, min–max"}]
+
+
+def _faint(color: str | None) -> str:
+    """A hex colour at 20% opacity (Plotly fills ignore trace opacity)."""
+    if not color or not color.startswith("#") or len(color) != 7:
+        return "rgba(120,120,120,0.2)"
+    r, g, b = (int(color[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},0.2)"

@@ -3,23 +3,31 @@ ablations, from the results in their JSON form (as the report reads them from di
 
 from __future__ import annotations
 
-from circuitlab.report.figures import esc, fig, vlines
+from circuitlab.report.figures import band, esc, fig, vlines
 from circuitlab.report.page import Page, table
 
 
-def grokking_figures(g: dict) -> dict[str, dict]:
+def grokking_figures(g: dict, seeds: list[dict] = ()) -> dict[str, dict]:
+    """The section's figures from seed 0's results `g`; `seeds`: the other seeds' results, drawn as bands."""
     ph = g.get("phases", {})
     marks = {"memorised": ph.get("memorised"), "cleanup starts": ph.get("cleanup"), "grokked": ph.get("grokked")}
     shapes, notes = vlines(marks)
     cv = g["curves"]
     pm = g["progress_measures"]
     ep = [p["epoch"] for p in pm]
-    line = lambda x, y, name: {"type": "scatter", "mode": "lines", "x": x, "y": y, "name": name}  # noqa: E731
+    def line(x, y, name, color=None):
+        return {"type": "scatter", "mode": "lines", "x": x, "y": y, "name": name} | ({"line": {"color": color}} if color else {})
+
     figs = {
-        "loss": fig([line(cv["epoch"], cv["train_loss"], "train"), line(cv["epoch"], cv["test_loss"], "test")],
+        "loss": fig([*band([(s["curves"]["epoch"], s["curves"]["test_loss"]) for s in [g, *seeds]], "test", "#ff7f0e"),
+                     line(cv["epoch"], cv["train_loss"], "train", "#1f77b4"),
+                     line(cv["epoch"], cv["test_loss"], "test", "#ff7f0e")],
                     "Train and test loss (phase boundaries dotted)", "epoch", "loss", yaxis={"type": "log"},
                     shapes=shapes, annotations=notes),
-        "accuracy": fig([line(cv["epoch"], cv["train_acc"], "train"), line(cv["epoch"], cv["test_acc"], "test")],
+        "accuracy": fig([*band([(s["curves"]["epoch"], s["curves"]["test_acc"]) for s in [g, *seeds]], "test",
+                              "#ff7f0e"),
+                         line(cv["epoch"], cv["train_acc"], "train", "#1f77b4"),
+                         line(cv["epoch"], cv["test_acc"], "test", "#ff7f0e")],
                         "Train and test accuracy", "epoch", "accuracy", shapes=shapes, annotations=notes),
         "restricted": fig([line(ep, [p["restricted_loss"] for p in pm], "restricted loss"),
                            line(ep, [p["excluded_loss"] for p in pm], "excluded loss (train)"),
@@ -44,8 +52,8 @@ def grokking_figures(g: dict) -> dict[str, dict]:
     return figs
 
 
-def grokking_sections(page: Page, g: dict) -> None:
-    f = grokking_figures(g)
+def grokking_sections(page: Page, g: dict, seeds: list[dict] = ()) -> None:
+    f = grokking_figures(g, seeds)
     ph = g.get("phases", {})
     intro = (f"Modular addition mod {g['p']}, preset {esc(g['preset'])}; phases (epochs): "
              + esc(", ".join(f"{k} {v}" for k, v in ph.items() if not k.endswith("_fall"))))

@@ -7,7 +7,7 @@ import numpy as np
 
 from circuitlab.experiments.induction.claims import window_text
 from circuitlab.induction.phase import Window
-from circuitlab.report.figures import ATTENTION, esc, fig, window_shapes
+from circuitlab.report.figures import ATTENTION, band, esc, fig, window_shapes
 from circuitlab.report.page import Page, table
 
 COLOURS = {"1L": "#1f77b4", "2L": "#d62728", "3L": "#9467bd", "1L-smeared": "#17becf", "2L-smeared": "#ff7f0e"}
@@ -17,11 +17,24 @@ def _window(w: dict) -> str:
     return window_text(Window.from_json(w))
 
 
+def _points(r: dict, name: str, key: str) -> tuple[list, list]:
+    pts = [(p["tokens"], p.get(key)) for p in r["models"][name]["curve"] if p["tokens"] > 0 and p.get(key) is not None]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
 def _curve(r: dict, name: str, key: str) -> dict:
-    c = r["models"][name]["curve"]
-    pts = [(p["tokens"], p.get(key)) for p in c if p["tokens"] > 0 and p.get(key) is not None]
-    return {"type": "scatter", "mode": "lines", "name": name, "x": [p[0] for p in pts], "y": [p[1] for p in pts],
+    x, y = _points(r, name, key)
+    return {"type": "scatter", "mode": "lines", "name": name, "x": x, "y": y,
             "line": {"color": COLOURS.get(name), "width": 2 if name == "2L" else 1.3}}
+
+
+def _curves(r: dict, names: list[str], key: str, seeds: list[dict]) -> list[dict]:
+    """Seed 0's curve of each model, over the min-max band of every seed (`seeds`: the other seeds' results)."""
+    out = []
+    for n in names:
+        out += band([_points(s, n, key) for s in [r, *seeds] if n in s["models"]], n, COLOURS.get(n))
+        out.append(_curve(r, n, key))
+    return out
 
 
 def _phase_shapes(r: dict) -> list[dict]:
@@ -29,16 +42,18 @@ def _phase_shapes(r: dict) -> list[dict]:
     return window_shapes([(w["start"], w["end"], "#d62728")])
 
 
-def induction_figures(r: dict) -> dict[str, dict]:
+def induction_figures(r: dict, seeds: list[dict] = ()) -> dict[str, dict]:
+    """The section's figures from seed 0's results `r`; `seeds`: the other seeds' results, drawn as bands."""
     names = list(r["models"])
+    seeds = list(seeds)
     ip = r["icl_positions"]
     shapes = _phase_shapes(r)
     logx = {"type": "log", "title": {"text": "tokens seen"}}
     figs = {
-        "icl": fig([_curve(r, n, "icl") for n in names],
+        "icl": fig(_curves(r, names, "icl", seeds),
                    f"ICL score = loss(token {ip['late']}) − loss(token {ip['early']}); 2L phase-change window shaded",
                    "", "nats", xaxis=logx, shapes=shapes),
-        "induction_score": fig([_curve(r, n, "best_induction") for n in names],
+        "induction_score": fig(_curves(r, names, "best_induction", seeds),
                                "Best induction score (attention to the token after the earlier copy, 2 × 50 random tokens)",
                                "", "attention", xaxis=logx, shapes=shapes),
         "prefix": fig([_curve(r, n, "best_prefix_matching") for n in names],
@@ -112,8 +127,8 @@ def induction_figures(r: dict) -> dict[str, dict]:
     return figs
 
 
-def induction_sections(page: Page, r: dict) -> None:
-    f = induction_figures(r)
+def induction_sections(page: Page, r: dict, seeds: list[dict] = ()) -> None:
+    f = induction_figures(r, seeds)
     differs = "".join(f"<li>{esc(d)}</li>" for d in r["differs_from_paper"])
     models = r["models"]
     wrows = [[esc(n), esc(", ".join(m["induction_heads"]) or "none"), f"{m['curve'][-1]['icl']:.3f}",
