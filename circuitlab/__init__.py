@@ -15,4 +15,12 @@ def load_run(path):
     return Run.open(path)
 
 
-__all__ = ["CircuitlabError", "Head", "ModelConfig", "Transformer", "load_run", "__version__"]
+def load_model(name_or_path, device: str = "cpu", **kw):
+    """A pretrained causal LM as a TransformerLens `TransformerBridge` with TransformerLens hook names: a local
+    folder, a .gguf file or a hub name (offline: the local cache only). See `circuitlab.model.pretrained`."""
+    from circuitlab.model.pretrained import load_model as load
+
+    return load(name_or_path, device=device, **kw)
+
+
+__all__ = ["CircuitlabError", "Head", "ModelConfig", "Transformer", "load_model", "load_run", "__version__"]

@@ -166,17 +166,38 @@ def info(run_dir: Path = typer.Argument(..., help="A run directory written by `c
 @app.command()
 @_friendly
 def analyze(
-    run_dir: Path = typer.Argument(..., help="A run directory written by `circuitlab train`."),
+    run_dir: Optional[Path] = typer.Argument(None, help="A run directory written by `circuitlab train`."),
     step: Optional[int] = typer.Option(None, help="Checkpoint step (default: the latest)."),
+    model: Optional[str] = typer.Option(None, help="Instead of a run: a pretrained causal LM, a local folder "
+                                                   "(config, safetensors, tokenizer), a .gguf file or a hub name."),
+    out: Optional[Path] = typer.Option(None, help="With --model: where to write analysis.json (default "
+                                                  "runs/analyze-NAME/analysis.json)."),
 ):
-    """Read the model's circuits from its weights and attention: writes RUN/analysis.json and prints tables."""
+    """Read the model's circuits from its weights and attention: writes RUN/analysis.json and prints tables. With
+    --model, the analyses that apply to a pretrained model with LayerNorm and MLPs (and which are skipped, why)."""
+    if (run_dir is None) == (model is None):
+        raise CircuitlabError("give a run directory or --model NAME_OR_PATH (one of them)")
+    if model is not None:
+        from circuitlab.experiments.framework.pretrained import analyze_pretrained
+        from circuitlab.experiments.framework.tables import print_pretrained
+        from circuitlab.model.pretrained import load_model
+
+        if step is not None:
+            raise CircuitlabError("--step is for run directories; a pretrained model has no checkpoints")
+        name = Path(model).name or str(model)
+        path = out or Path("runs") / f"analyze-{name.replace('/', '--')}" / "analysis.json"
+        result = analyze_pretrained(load_model(model), str(model))
+        result.save(path)
+        print_pretrained(result)
+        console.print(f"wrote {path}")
+        return
     from circuitlab.experiments.framework.analysis import analysis_path, analyze_run
     from circuitlab.experiments.framework.tables import print_analysis
     from circuitlab.training import Run
 
-    out = analysis_path(run_dir, step, (Run.open(run_dir).checkpoints or [None])[-1])
-    print_analysis(analyze_run(run_dir, out, step, reuse=False))
-    console.print(f"wrote {out}")
+    path = analysis_path(run_dir, step, (Run.open(run_dir).checkpoints or [None])[-1])
+    print_analysis(analyze_run(run_dir, path, step, reuse=False))
+    console.print(f"wrote {path}")
 
 
 @app.command()

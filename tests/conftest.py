@@ -34,3 +34,24 @@ def tiny_data(small_corpus_dir, tmp_path_factory):
 @pytest.fixture
 def tiny_cfg() -> ModelConfig:
     return ModelConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, n_ctx=32, d_vocab=320)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory):
+    """A random 2-layer GPT-2 saved as `save_pretrained` writes it, with a small byte-level BPE tokenizer."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    d = tmp_path_factory.mktemp("tiny-gpt2")
+    with torch.random.fork_rng():  # leave the global generator as other tests expect it
+        torch.manual_seed(0)
+        GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=4, n_embd=32, n_positions=64, vocab_size=300, bos_token_id=0,
+                                   eos_token_id=0)).save_pretrained(d)
+    tok = ByteLevelBPETokenizer()
+    tok.train_from_iterator(["When Mary and John went to the store, John gave a drink to Mary."] * 20, vocab_size=300,
+                            min_frequency=1, special_tokens=["<|endoftext|>"])
+    tok.save(str(d / "tokenizer.json"))
+    GPT2TokenizerFast(tokenizer_file=str(d / "tokenizer.json"), bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                      unk_token="<|endoftext|>").save_pretrained(d)
+    return d

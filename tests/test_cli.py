@@ -139,3 +139,20 @@ def test_bad_training_numbers_are_one_line_and_write_nothing(small_corpus_dir, t
     r = runner.invoke(app, ["train", "--text", str(small_corpus_dir), "--out", str(out), *TINY, *flags])
     assert r.exit_code == 2 and words in error_line(r) and "Traceback" not in r.output, r.output
     assert not out.exists()
+
+
+def test_analyze_a_pretrained_model_from_a_folder_offline(tiny_gpt2, tmp_path):
+    from circuitlab.experiments.framework.pretrained import PretrainedAnalysis
+
+    out = tmp_path / "a.json"
+    r = runner.invoke(app, ["analyze", "--model", str(tiny_gpt2), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    a = PretrainedAnalysis.load(out)
+    assert a.config["n_layers"] == 2 and len(a.head_scores["induction"]) == 2 and len(a.head_scores["induction"][0]) == 4
+    assert a.logit_attribution is not None and a.logit_attribution.explained == pytest.approx(a.logit_attribution.total,
+                                                                                               abs=1e-4)
+    assert len(a.logit_lens.logit_diff) == 3 and "skipped bigrams" in r.output and "Direct logit attribution" in r.output
+    assert "error" in error_line(runner.invoke(app, ["analyze"]))
+    assert "one of them" in error_line(runner.invoke(app, ["analyze", str(tmp_path), "--model", str(tiny_gpt2)]))
+    assert "no config.json" in error_line(runner.invoke(app, ["analyze", "--model", str(tmp_path)]))
+    assert "Hugging Face cache" in error_line(runner.invoke(app, ["analyze", "--model", "nobody/nothing-here"]))

@@ -74,6 +74,13 @@ class Attention(nn.Module):
 
     # --- circuits, as in TransformerLens ---
     @property
+    def b_O(self) -> Float[Tensor, "n_layers d_model"] | None:
+        """Every layer's attention output bias, stacked (None without attention biases)."""
+        if not self.cfg.attn_bias or not self.blocks:
+            return None
+        return torch.stack([b.attn.b_O for b in self.blocks])
+
+    @property
     def OV(self) -> FactoredMatrix:
         """W_OV = W_V W_O per head: [n_heads, d_model, d_model] (Elhage et al. 2021, 'OV circuit')."""
         return FactoredMatrix(self.W_V, self.W_O)
@@ -278,6 +285,13 @@ class Transformer(HookedRootModule):
     @property
     def W_O(self) -> Float[Tensor, "n_layers n_heads d_head d_model"]:
         return self._stack("W_O", (self.cfg.n_heads, self.cfg.d_head, self.cfg.d_model))
+
+    @property
+    def b_O(self) -> Float[Tensor, "n_layers d_model"] | None:
+        """Every layer's attention output bias, stacked (None without attention biases)."""
+        if not self.cfg.attn_bias or not self.blocks:
+            return None
+        return torch.stack([b.attn.b_O for b in self.blocks])
 
     @property
     def OV(self) -> FactoredMatrix:

@@ -82,3 +82,39 @@ def print_skip_trigrams(r: ModelAnalysis, heads: int = 4, rows: int = 4) -> None
                 f"{c.effect_thief_alone:+.2f}) takes attention {c.attention_to_source_alone:.2f} -> "
                 f"{c.attention_to_source_with_thief:.2f}: skip-trigram table predicts {c.skip_trigram_prediction:.2f}, "
                 f"actual {c.actual_effect_with_both:.2f} (gap {c.gap:.2f} logits)", highlight=False)
+
+
+def print_pretrained(r) -> None:
+    """`circuitlab analyze --model`: a pretrained model's heads, composition, logit attribution and logit lens."""
+    c = r.config
+    console.print(f"[bold]{escape(r.model)}[/]: {c['n_layers']} layers x {c['n_heads']} heads, d_model {c['d_model']}, "
+                  f"vocabulary {c['d_vocab']:,}, context {c['n_ctx']:,}, normalization {c['normalization']}",
+                  highlight=False)
+    scores = r.head_scores
+    keys = [k for k in ("previous_token", "duplicate_token", "induction", "prefix_matching", "copying") if k in scores]
+    flat = [(layer, h) for layer in range(c["n_layers"]) for h in range(c["n_heads"])]
+    top = sorted(flat, key=lambda lh: -max(scores[k][lh[0]][lh[1]] for k in ("previous_token", "induction")))[:12]
+    t = new_table("Heads with the highest previous-token or induction score", ["head", *keys])
+    for layer, h in top:
+        t.add_row(f"{layer}.{h}", *(f"{scores[k][layer][h]:.2f}" for k in keys))
+    console.print(t)
+    console.print(f"induction heads: {', '.join(map(str, r.induction_heads)) or 'none'}; previous-token heads: "
+                  f"{', '.join(map(str, r.previous_token_heads)) or 'none'}", highlight=False)
+    for mode in ("k", "q", "v"):
+        top_edges = ", ".join(f"{e.sender}->{e.receiver} {e.score:.3f}" for e in r.composition[mode][:5])
+        console.print(f"{mode.upper()}-composition, top raw scores (random baseline {r.composition_baseline:.3f}): "
+                      f"{top_edges}", highlight=False)
+    d = r.logit_attribution
+    if d is not None:
+        console.print(f"[bold]Direct logit attribution[/] of logit({escape(repr(r.answer))}) - logit({escape(repr(r.wrong))})"
+                      f" on {escape(repr(r.prompt))}: total {d.total:+.3f} (components sum to {d.explained:+.3f})",
+                      highlight=False)
+        heads = sorted(((d.heads[layer][h], f"{layer}.{h}") for layer, h in flat), key=lambda x: -abs(x[0]))[:8]
+        console.print("largest heads: " + ", ".join(f"{name} {v:+.3f}" for v, name in heads)
+                      + (f"; MLPs: " + ", ".join(f"{i} {v:+.3f}" for i, v in enumerate(d.mlps)) if d.mlps else ""),
+                      highlight=False)
+        lens = r.logit_lens
+        console.print("logit lens (logit difference read before each layer, then after the last): "
+                      + " ".join(f"{v:+.2f}" for v in lens.logit_diff), highlight=False)
+    for what, why in r.skipped.items():
+        console.print(f"skipped {what}: {why}", highlight=False)

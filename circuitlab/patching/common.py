@@ -1,0 +1,141 @@
+"""What every patching function shares: hook names, the logit-difference metric, typed results, and the batched
+patch runner.
+
+Every function takes a circuitlab `Transformer` or a TransformerLens `TransformerBridge` (in compatibility mode,
+as `circuitlab.load_model` returns it): both are HookedRootModules with TransformerLens's hook names.
+
+Batching: a patch is a boolean mask over one example's activation at a hook ("take this head's output from the
+source run"). `run_patches` runs k patches at once: the target prompts repeated k times, copy i patched with mask i,
+so patching every head of a layer is one forward pass (in chunks that bound the logits' memory), not one per head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from circuitlab.errors import CircuitlabError
+from circuitlab.results import Result
+
+LAYER_SITES = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+HEAD_SITES = ("z", "q", "k", "v", "pattern")
+# logits held at once by `run_patches` (floats): 2^26 floats = 256 MiB
+MAX_LOGIT_FLOATS = 2**26
+
+Metric = Callable[[Tensor], Tensor]  # logits [batch, pos, d_vocab] -> one value per prompt [batch]
+
+
+def hook_name(site: str, layer: int) -> str:
+    if site in LAYER_SITES:
+        return f"blocks.{layer}.hook_{site}"
+    if site in HEAD_SITES:
+        return f"blocks.{layer}.attn.hook_{site}"
+    raise CircuitlabError(f"unknown activation site {site!r}: choose one of {', '.join(LAYER_SITES + HEAD_SITES)}")
+
+
+def dims(model) -> tuple[int, int]:
+    return int(model.cfg.n_layers), int(model.cfg.n_heads)
+
+
+def check_pair(clean: Tensor, corrupted: Tensor) -> None:
+    """Patching needs clean and corrupted prompts of the same shape (the same token positions)."""
+    if clean.ndim != 2 or clean.shape != corrupted.shape:
+        raise CircuitlabError(f"clean prompts {tuple(clean.shape)} and corrupted prompts {tuple(corrupted.shape)} must "
+                              "have the same shape [batch, positions]: pad or choose prompts with equal token lengths")
+
+
+def has_site(model, site: str, layer: int = 0) -> bool:
+    return hook_name(site, layer) in model.hook_dict
+
+
+def require_site(model, site: str) -> None:
+    if not has_site(model, site):
+        raise CircuitlabError(f"this model has no {site!r} activations (hook {hook_name(site, 0)} is missing): "
+                              + ("it is attention-only" if site.startswith("mlp") else "choose another site"))
+
+
+@dataclass
+class LogitDiff:
+    """The metric of Wang et al. 2022: logit(answer) - logit(wrong) at `position` (default the last), per prompt.
+    answer, wrong: [batch] token ids."""
+
+    answer: Tensor
+    wrong: Tensor
+    position: int = -1
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        last = logits[:, self.position]
+        n = last.shape[0]
+        rep = n // len(self.answer)  # run_patches repeats the prompts
+        a, w = self.answer.to(last.device).repeat(rep), self.wrong.to(last.device).repeat(rep)
+        return last.gather(1, a[:, None])[:, 0] - last.gather(1, w[:, None])[:, 0]
+
+
+@dataclass
+class PatchingResult(Result):
+    """The metric (mean over prompts) after each patch, laid out over `axes` (e.g. ["layer", "head"]) with `shape`;
+    clean and corrupted: the metric without a patch on each run. normalized(): (patched - corrupted) / (clean -
+    corrupted), 1 where a patch restores the clean metric, 0 where it changes nothing (for denoising)."""
+
+    site: str
+    method: str
+    axes: list[str]
+    shape: list[int]
+    values: list[float]
+    clean: float
+    corrupted: float
+
+    def tensor(self) -> Tensor:
+        return torch.tensor(self.values).reshape(self.shape)
+
+    def normalized(self) -> Tensor:
+        gap = self.clean - self.corrupted
+        if abs(gap) < 1e-9:
+            raise CircuitlabError("the clean and corrupted metrics are equal: there is no effect to normalise by")
+        return (self.tensor() - self.corrupted) / gap
+
+
+def mean_metric(model, tokens: Tensor, metric: Metric) -> float:
+    with torch.no_grad():
+        return float(metric(model(tokens)).mean())
+
+
+def cache_sites(model, tokens: Tensor, names: list[str]) -> dict[str, Tensor]:
+    """Activations at hook `names` on `tokens`, detached."""
+    keep = set(names)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in keep)
+    return {n: cache[n].detach() for n in names}
+
+
+def run_patches(model, tokens: Tensor, metric: Metric, patches: dict[str, tuple[Tensor, Tensor]],
+                extra_hooks: Callable[[int], list] | None = None) -> Tensor:
+    """The mean metric over the prompts for each of k patches. patches: hook name -> (source [batch, ...], masks
+    [k, ...]): in copy i, the activation at that hook takes the source's values where masks[i] is True. Returns [k].
+    extra_hooks(rows): more (name, fn) hooks for a chunk of `rows` copies (path patching's frozen heads)."""
+    B, P = tokens.shape
+    k = next(iter(patches.values()))[1].shape[0]
+    chunk = max(1, min(k, MAX_LOGIT_FLOATS // max(1, B * P * int(model.cfg.d_vocab))))
+    out = []
+    for i in range(0, k, chunk):
+        j = min(k, i + chunk)
+        n = j - i
+
+        def make(source: Tensor, masks: Tensor):
+            def hook(act, hook):
+                a = act.reshape(n, B, *act.shape[1:])
+                m = masks[i:j].to(act.device)[:, None]
+                return torch.where(m, source.to(act.dtype)[None] if source.shape[0] == B else
+                                   source.reshape(n, B, *act.shape[1:]), a).reshape(act.shape)
+            return hook
+
+        hooks = [(name, make(src if src.shape[0] == B else src[i * B : j * B], m)) for name, (src, m) in patches.items()]
+        if extra_hooks is not None:
+            hooks += extra_hooks(n)
+        with torch.no_grad():
+            logits = model.run_with_hooks(tokens.repeat(n, 1), fwd_hooks=hooks)
+        out.append(metric(logits).reshape(n, B).mean(1).float())
+    return torch.cat(out)
