@@ -111,7 +111,7 @@ def print_pretrained(r) -> None:
                       highlight=False)
         heads = sorted(((d.heads[layer][h], f"{layer}.{h}") for layer, h in flat), key=lambda x: -abs(x[0]))[:8]
         console.print("largest heads: " + ", ".join(f"{name} {v:+.3f}" for v, name in heads)
-                      + (f"; MLPs: " + ", ".join(f"{i} {v:+.3f}" for i, v in enumerate(d.mlps)) if d.mlps else ""),
+                      + ("; MLPs: " + ", ".join(f"{i} {v:+.3f}" for i, v in enumerate(d.mlps)) if d.mlps else ""),
                       highlight=False)
         lens = r.logit_lens
         console.print("logit lens (logit difference read before each layer, then after the last): "
