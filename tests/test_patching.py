@@ -159,6 +159,12 @@ def test_every_function_gives_the_same_on_the_bridge_as_on_our_model():
         torch.testing.assert_close(call(m), call(bridge), atol=1e-4, rtol=1e-4)
     d = direct_logit_attribution(m, clean, metric.answer, metric.wrong)
     assert d.bias != 0 and d.explained == pytest.approx(d.total, abs=1e-4)  # LayerNorm-aware, biases included
+    # reading the logits at the metric's position only (the forward stopped at the final residual) = full logits
+    full = lambda logits: metric(logits)  # noqa: E731  (no at_position: the whole forward pass)
+    for x in (m, bridge):
+        torch.testing.assert_close(patch_heads(x, clean, corrupt, metric).tensor(),
+                                   patch_heads(x, clean, corrupt, full).tensor(), atol=1e-5, rtol=1e-5)
+        assert not any(hp.fwd_hooks for hp in x.hook_dict.values())  # the stopped pass left no hook behind
 
 
 def test_prompts_of_different_lengths_are_refused(planted):
@@ -210,3 +216,17 @@ def test_load_model_refuses_bad_input_in_one_line(tmp_path, tiny_gpt2, monkeypat
     monkeypatch.setattr(pretrained, "_available_bytes", lambda: 1000)  # a machine with 1 kB free
     with pytest.raises(CircuitlabError, match="GiB of memory is available"):
         load_model(tiny_gpt2)
+
+
+def test_the_readme_patching_example_runs(tiny_gpt2):
+    """The README's activation-patching example, on the tiny GPT-2 folder instead of models/gpt2."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    section = text.split("## Pretrained models and patching", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert '"models/gpt2"' in code and len(code.strip().splitlines()) <= 12
+    scope: dict = {}
+    exec(code.replace('"models/gpt2"', repr(str(tiny_gpt2))), scope)  # noqa: S102
+    assert scope["heads"].shape == [2, 4] and scope["direct"].shape == (2, 4)

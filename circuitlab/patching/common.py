@@ -57,6 +57,17 @@ def require_site(model, site: str) -> None:
                               + ("it is attention-only" if site.startswith("mlp") else "choose another site"))
 
 
+def final_ln(model) -> tuple[Tensor | None, Tensor | None, bool]:
+    """(weight, bias, centres) of the final LayerNorm where it is not folded into W_U."""
+    kind = getattr(model.cfg, "normalization_type", None)
+    ln = getattr(model, "ln_final", None)
+    w = getattr(ln, "w", None)
+    b = getattr(ln, "b", None)
+    if kind is None or (w is None and b is None):  # no LayerNorm, or folded (LNPre / RMSPre)
+        return None, None, kind is not None and not str(kind).startswith("RMS")
+    return w, b, not str(kind).startswith("RMS")
+
+
 @dataclass
 class LogitDiff:
     """The metric of Wang et al. 2022: logit(answer) - logit(wrong) at `position` (default the last), per prompt.
@@ -67,7 +78,11 @@ class LogitDiff:
     position: int = -1
 
     def __call__(self, logits: Tensor) -> Tensor:
-        last = logits[:, self.position]
+        return self.at_position(logits[:, self.position])
+
+    def at_position(self, last: Tensor) -> Tensor:
+        """The metric from the logits at `position` only ([batch, d_vocab]): `run_patches` then stops the forward
+        pass at the final residual stream and unembeds that one position."""
         n = last.shape[0]
         rep = n // len(self.answer)  # run_patches repeats the prompts
         a, w = self.answer.to(last.device).repeat(rep), self.wrong.to(last.device).repeat(rep)
@@ -111,14 +126,51 @@ def cache_sites(model, tokens: Tensor, names: list[str]) -> dict[str, Tensor]:
     return {n: cache[n].detach() for n in names}
 
 
+class _Stop(Exception):
+    """Raised by the read-out hook once the final residual stream at the metric's position is read."""
+
+
+def _readout(model, position: int):
+    """(hook, fn) to read the logits at one position from the final residual stream, skipping the unembedding of
+    every other position: after the final LayerNorm's normalisation (then its weight and bias), or, without
+    LayerNorm, the last block's output; then W_U (+ b_U)."""
+    w, b, _ = final_ln(model)
+    L = int(model.cfg.n_layers)
+    if model.cfg.normalization_type is not None:
+        name = "ln_final.hook_normalized"
+    elif L > 0:
+        name = f"blocks.{L - 1}.hook_resid_post"
+    else:
+        return None
+    if name not in model.hook_dict:
+        return None
+    W_U = model.W_U.detach()
+    b_U = getattr(model, "b_U", None)
+    got: list[Tensor] = []
+
+    def hook(x, hook):
+        x = x[:, position]
+        if w is not None:
+            x = x * w.detach()
+        if b is not None:
+            x = x + b.detach()
+        got.append(x @ W_U + (b_U.detach() if b_U is not None else 0.0))
+        raise _Stop
+
+    return name, hook, got
+
+
 def run_patches(model, tokens: Tensor, metric: Metric, patches: dict[str, tuple[Tensor, Tensor]],
                 extra_hooks: Callable[[int], list] | None = None) -> Tensor:
     """The mean metric over the prompts for each of k patches. patches: hook name -> (source [batch, ...], masks
     [k, ...]): in copy i, the activation at that hook takes the source's values where masks[i] is True. Returns [k].
-    extra_hooks(rows): more (name, fn) hooks for a chunk of `rows` copies (path patching's frozen heads)."""
+    extra_hooks(rows): more (name, fn) hooks for a chunk of `rows` copies (path patching's frozen heads).
+    A metric with `at_position` (LogitDiff) is computed from the logits at its position alone (`_readout`)."""
     B, P = tokens.shape
     k = next(iter(patches.values()))[1].shape[0]
-    chunk = max(1, min(k, MAX_LOGIT_FLOATS // max(1, B * P * int(model.cfg.d_vocab))))
+    readout = _readout(model, metric.position) if hasattr(metric, "at_position") else None
+    per_copy = B * int(model.cfg.d_vocab) * (1 if readout else P)
+    chunk = max(1, min(k, MAX_LOGIT_FLOATS // max(1, per_copy)))
     out = []
     for i in range(0, k, chunk):
         j = min(k, i + chunk)
@@ -136,6 +188,17 @@ def run_patches(model, tokens: Tensor, metric: Metric, patches: dict[str, tuple[
         if extra_hooks is not None:
             hooks += extra_hooks(n)
         with torch.no_grad():
-            logits = model.run_with_hooks(tokens.repeat(n, 1), fwd_hooks=hooks)
-        out.append(metric(logits).reshape(n, B).mean(1).float())
+            if readout is None:
+                values = metric(model.run_with_hooks(tokens.repeat(n, 1), fwd_hooks=hooks))
+            else:
+                name, read, got = readout
+                got.clear()
+                try:
+                    model.run_with_hooks(tokens.repeat(n, 1), fwd_hooks=hooks + [(name, read)])
+                except _Stop:
+                    pass
+                if not got:
+                    raise CircuitlabError(f"the model's forward pass never reached {name}: cannot read its logits")
+                values = metric.at_position(got[0])
+        out.append(values.reshape(n, B).mean(1).float())
     return torch.cat(out)

@@ -20,19 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from circuitlab.patching.common import cache_sites, dims, has_site, hook_name
+from circuitlab.patching.common import cache_sites, dims, final_ln as _final_ln, has_site, hook_name
 from circuitlab.results import Result
-
-
-def _final_ln(model) -> tuple[Tensor | None, Tensor | None, bool]:
-    """(weight, bias, centres) of the final LayerNorm where it is not folded into W_U."""
-    kind = getattr(model.cfg, "normalization_type", None)
-    ln = getattr(model, "ln_final", None)
-    w = getattr(ln, "w", None)
-    b = getattr(ln, "b", None)
-    if kind is None or (w is None and b is None):  # no LayerNorm, or folded (LNPre / RMSPre)
-        return None, None, kind is not None and not str(kind).startswith("RMS")
-    return w, b, not str(kind).startswith("RMS")
 
 
 def _directions(model, answer: Tensor, wrong: Tensor) -> Tensor:
