@@ -109,3 +109,24 @@ def test_hf_dataset_from_local_files_offline(tmp_path):
     assert len(c.documents) == 30 and c.documents[3].text == rows[3]["text"]
     with pytest.raises(CircuitlabError, match="could not load"):
         load_corpus(hf_dataset=f"{tmp_path / 'missing'}:train")
+
+
+def test_text_globs_do_not_follow_symlink_loops_or_count_a_file_twice(tmp_path):
+    import signal
+
+    from circuitlab.data import text_corpus
+
+    d = tmp_path / "docs"
+    (d / "sub").mkdir(parents=True)
+    (d / "a.txt").write_text("alpha " * 50)
+    (d / "sub" / "b.txt").write_text("beta " * 50)
+    (d / "self").symlink_to(d, target_is_directory=True)  # a link to an ancestor: a loop
+    (d / "sub" / "up").symlink_to(d, target_is_directory=True)
+    (d / "again.txt").symlink_to(d / "a.txt")  # the same file under another name
+    signal.alarm(20)  # a hang fails the test instead of the suite
+    try:
+        for spec in (str(d), str(d / "**" / "*.txt"), str(d) + "/**"):
+            docs = text_corpus(spec).documents
+            assert len(docs) == 2, (spec, [x.name for x in docs])
+    finally:
+        signal.alarm(0)

@@ -202,3 +202,22 @@ def test_spread_over_seeds_is_drawn_as_a_band(results_dir, tmp_path):
     (stage / "seeds" / "1" / "results.json").write_text(json.dumps(other))
     (stage / "seeds.json").write_text(json.dumps({"seeds": [0, 1]}))
     assert _other_seeds(stage, None) == [other] and _other_seeds(stage, 1) == []
+
+
+def test_tampered_results_are_escaped_or_refused_in_one_line(results_dir, tmp_path):
+    import shutil
+
+    from circuitlab.errors import CircuitlabError
+
+    d = tmp_path / "r"
+    shutil.copytree(results_dir, d)
+    g = json.loads((d / "grokking" / "results.json").read_text())
+    g["p"] = EVIL[2]
+    g["key_frequencies"] = EVIL[0]
+    (d / "grokking" / "results.json").write_text(json.dumps(g))
+    text = build_report(d).read_text()
+    assert EVIL[2] not in text and EVIL[0] not in text and "&lt;img src=x" in text
+    g["ablation"]["full_loss"] = "not a number"
+    (d / "grokking" / "results.json").write_text(json.dumps(g))
+    with pytest.raises(CircuitlabError, match="damaged or from another version"):
+        build_report(d)

@@ -244,3 +244,35 @@ def test_a_callback_can_stop_a_run_which_then_counts_as_finished(tiny_data, tiny
     (tmp_path / "r" / "stopped.json").write_text("{not json")
     with pytest.raises(CircuitlabError, match="stopped.json is damaged"):
         _ = circuitlab.load_run(tmp_path / "r").stopped
+
+
+def test_checkpoint_digest_refuses_changed_bytes_and_old_checkpoints_still_load(tiny_data, tiny_cfg, tmp_path, caplog):
+    from safetensors.torch import load_file, save_file
+
+    from circuitlab.training.checkpoints import tensor_digest
+
+    run = train(tiny_cfg, tcfg(max_steps=8), tiny_data, tmp_path / "r", progress=False)
+    path = checkpoint_path(tmp_path / "r", 8)
+    tensors = load_file(str(path))
+    assert load_checkpoint(path, tiny_cfg)[1]["step"] == 8
+    # one flipped value, the file otherwise valid (a plain byte flip in the header would already fail to parse)
+    changed = dict(tensors)
+    name = sorted(changed)[0]
+    changed[name] = changed[name].clone()
+    changed[name].view(-1)[0] += 1.0
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as g:
+        meta = g.metadata()
+    save_file(changed, str(path), metadata=meta)
+    with pytest.raises(CircuitlabError, match="do not match the digest"):
+        run.model(8)
+    # a checkpoint from before digests: loads, with a note
+    save_file(tensors, str(path), metadata={k: v for k, v in meta.items() if k != "digest"})
+    with caplog.at_level("INFO", logger="circuitlab"):
+        assert torch.equal(run.model(8).W_E, tensors["W_E"])
+    assert "no digest" in caplog.text
+    assert tensor_digest(tensors) == meta["digest"] != tensor_digest(changed)
+    save_file(tensors, str(path), metadata={**meta, "model_config": "{not json"})
+    with pytest.raises(CircuitlabError, match="damaged metadata"):
+        run.model(8)

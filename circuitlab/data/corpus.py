@@ -99,15 +99,44 @@ def stdlib_corpus() -> Corpus:
     return corpus
 
 
+def _glob(pattern: str) -> list[Path]:
+    """Files matching a glob, walking directories without following directory symlinks (a link loop would make
+    `**` recurse forever, and a link to an ancestor would list every file many times)."""
+    parts = Path(os.path.expanduser(pattern)).parts
+    i = next((k for k, part in enumerate(parts) if glob.has_magic(part)), len(parts))
+    root = Path(*parts[:i]) if i else Path(".")
+    rest = str(Path(*parts[i:])) if i < len(parts) else ""
+    if not rest:
+        return [root] if root.is_file() else []
+    if Path(rest).name == "**":  # glob's "DIR/**" lists files too; pathlib's lists only directories
+        rest = str(Path(rest) / "*")
+    try:
+        return [q for q in root.glob(rest) if q.is_file()]  # pathlib's ** does not follow directory symlinks
+    except (OSError, ValueError):
+        return []
+
+
+def _unique(paths) -> list[Path]:
+    """Each file once, whatever links lead to it (else held-out documents could leak into training)."""
+    seen: dict[Path, Path] = {}
+    for q in sorted(paths):
+        try:
+            seen.setdefault(q.resolve(), q)
+        except (OSError, RuntimeError):  # a link loop: not a file
+            continue
+    return sorted(seen.values())
+
+
 def text_corpus(pattern: str) -> Corpus:
-    """A user's text files: a file, a directory (all files under it) or a glob."""
+    """A user's text files: a file, a directory (all files under it) or a glob. Directory symlinks are not
+    followed and a file reached by several paths counts once."""
     p = Path(pattern).expanduser()
     if p.is_dir():
-        paths = sorted(q for q in p.rglob("*") if q.is_file())
+        paths = _unique(q for q in p.rglob("*") if q.is_file())
     elif p.is_file():
         paths = [p]
     else:
-        paths = sorted(Path(q) for q in glob.glob(os.path.expanduser(pattern), recursive=True) if Path(q).is_file())
+        paths = _unique(_glob(pattern))
     if not paths:
         raise CircuitlabError(f"no files match --text {pattern!r}: give a text file, a folder or a glob such as 'docs/**/*.txt'")
     corpus = _from_files(f"text:{pattern}", None, paths)

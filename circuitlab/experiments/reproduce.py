@@ -138,6 +138,14 @@ def build_report(out_dir: Path | str, path: Path | str | None = None, seeds: int
               for k, r in results.items()
               for c in (_read(out / k / "seeds.json") if (out / k / "seeds.json").exists() and (seeds or 2) > 1
                         else r).get("claims", [])]
+    try:
+        return _build(out, analyses, results, claims, seeds, path)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise CircuitlabError(f"the results in {out} are damaged or from another version of circuitlab "
+                              f"({type(e).__name__}: {str(e)[:200]}): run `circuitlab reproduce --out {out}` again") from None
+
+
+def _build(out: Path, analyses: dict, results: dict, claims: list, seeds: int | None, path) -> Path:
     page = Page()
     page.section("claims", "Claims", claims_table(claims),
                  "Every headline claim checked against a measurement; the section link shows the plot behind it.")

@@ -1,12 +1,18 @@
 """Checkpoints: safetensors weights plus JSON config, never pickle. Every write is atomic (temp file + rename).
 
-RUN/checkpoints/step-{step:09d}.safetensors  model weights; metadata: step, tokens, model config (JSON)
+RUN/checkpoints/step-{step:09d}.safetensors  model weights; metadata: step, tokens, model config (JSON), digest
 RUN/optimizer.safetensors                    AdamW state of the latest checkpoint; metadata: step
+
+digest: SHA-256 of every tensor's name, dtype, shape and bytes (in name order), checked on load, so a checkpoint
+whose bytes changed (a flipped bit, a partial copy) is refused instead of loading garbage. A checkpoint written
+before digests existed still loads, with a note.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -19,6 +25,18 @@ from circuitlab.model import ModelConfig, Transformer
 from circuitlab.results import atomic_write
 
 CKPT_RE = re.compile(r"step-(\d{9})\.safetensors$")
+log = logging.getLogger("circuitlab")
+_noted: set[Path] = set()
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over each tensor's name, dtype, shape and raw bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
@@ -33,7 +51,8 @@ def list_checkpoints(run_dir: Path) -> list[int]:
 def save_checkpoint(run_dir: Path, model: Transformer, step: int, tokens: int) -> Path:
     path = checkpoint_path(run_dir, step)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    meta = {"step": str(step), "tokens": str(tokens), "model_config": json.dumps(model.cfg.to_dict())}
+    meta = {"step": str(step), "tokens": str(tokens), "model_config": json.dumps(model.cfg.to_dict()),
+            "digest": tensor_digest(tensors)}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     return path
 
@@ -44,17 +63,32 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-        return load_file(str(path)), meta
+        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CircuitlabError(
             f"checkpoint {path} is corrupt or truncated ({str(e).splitlines()[0]}): delete it to use an earlier one"
         ) from None
+    want = meta.get("digest")
+    if want is None:
+        if path.parent not in _noted:
+            _noted.add(path.parent)
+            log.info("checkpoints in %s have no digest (written before digests existed): loaded unchecked", path.parent)
+    elif tensor_digest(tensors) != want:
+        raise CircuitlabError(f"checkpoint {path} is damaged: its tensors do not match the digest saved with them; "
+                              "delete it to use an earlier one")
+    return tensors, meta
 
 
 def load_checkpoint(path: Path, cfg: ModelConfig, device: str | torch.device = "cpu") -> tuple[Transformer, dict]:
     """A model with the checkpoint's weights. The checkpoint's config must match `cfg` (the run's)."""
     tensors, meta = _read(Path(path))
-    saved = json.loads(meta.get("model_config", "{}"))
+    try:
+        saved = json.loads(meta.get("model_config", "{}"))
+        info = {"step": int(meta.get("step", -1)), "tokens": int(meta.get("tokens", -1))}
+        if not isinstance(saved, dict):
+            raise ValueError("model_config is not an object")
+    except (json.JSONDecodeError, ValueError, TypeError) as e:
+        raise CircuitlabError(f"checkpoint {path} has damaged metadata ({e}): delete it to use an earlier one") from None
     diff = {k: (saved.get(k), v) for k, v in cfg.to_dict().items() if k in saved and saved[k] != v}
     if diff:
         what = ", ".join(f"{k}: checkpoint {a!r} vs run {b!r}" for k, (a, b) in diff.items())
@@ -64,7 +98,7 @@ def load_checkpoint(path: Path, cfg: ModelConfig, device: str | torch.device = "
         model.load_state_dict(tensors)
     except RuntimeError as e:
         raise CircuitlabError(f"checkpoint {path} does not fit the model config ({str(e).strip().splitlines()[-1].strip()}): use the run it came from") from None
-    return model.to(device), {"step": int(meta.get("step", -1)), "tokens": int(meta.get("tokens", -1))}
+    return model.to(device), info
 
 
 def save_optimizer(run_dir: Path, optimizer: torch.optim.Optimizer, model: Transformer, step: int, extra: dict | None = None) -> None:
@@ -76,14 +110,20 @@ def save_optimizer(run_dir: Path, optimizer: torch.optim.Optimizer, model: Trans
         for p in group["params"]:
             for key, value in optimizer.state.get(p, {}).items():
                 tensors[f"{names[id(p)]}::{key}"] = torch.as_tensor(value).detach().to("cpu").contiguous()
-    atomic_write(Path(run_dir) / "optimizer.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"step": str(step), "extra": json.dumps(extra or {})}))
+    meta = {"step": str(step), "extra": json.dumps(extra or {}), "digest": tensor_digest(tensors)}
+    atomic_write(Path(run_dir) / "optimizer.safetensors", lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def optimizer_step(run_dir: Path) -> int | None:
     path = Path(run_dir) / "optimizer.safetensors"
     if not path.exists():
         return None
-    return int(_read(path)[1].get("step", -1))
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return int((f.metadata() or {}).get("step", -1))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CircuitlabError(f"{path} is corrupt or truncated ({str(e).splitlines()[0]}): restore it, or train "
+                              "again into another --out") from None
 
 
 def load_optimizer(run_dir: Path, optimizer: torch.optim.Optimizer, model: Transformer) -> dict:

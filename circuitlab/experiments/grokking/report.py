@@ -42,11 +42,11 @@ def grokking_figures(g: dict, seeds: list[dict] = ()) -> dict[str, dict]:
     }
     fn = g["fourier_norms"]
     figs["fourier"] = fig([{"type": "bar", "x": fn["names"], "y": fn["W_E"], "name": "W_E"}],
-                          f"Norm of W_E along each Fourier component (key frequencies {g['key_frequencies']})",
+                          f"Norm of W_E along each Fourier component (key frequencies {esc(g['key_frequencies'])})",
                           "Fourier component", "norm", height=320)
     clusters = g.get("neuron_clusters", {})
     figs["neurons"] = fig([{"type": "bar", "x": [f"freq {k}" for k in clusters], "y": list(clusters.values())}],
-                          f"Neurons by their dominant frequency ({g['neurons_alive']} active neurons; "
+                          f"Neurons by their dominant frequency ({esc(g['neurons_alive'])} active neurons; "
                           f"{100 * g['share_of_neurons_explained_by_one_frequency']:.0f}% > 85% explained by one)",
                           "frequency", "neurons", height=300)
     return figs
@@ -55,7 +55,7 @@ def grokking_figures(g: dict, seeds: list[dict] = ()) -> dict[str, dict]:
 def grokking_sections(page: Page, g: dict, seeds: list[dict] = ()) -> None:
     f = grokking_figures(g, seeds)
     ph = g.get("phases", {})
-    intro = (f"Modular addition mod {g['p']}, preset {esc(g['preset'])}; phases (epochs): "
+    intro = (f"Modular addition mod {esc(g['p'])}, preset {esc(g['preset'])}; phases (epochs): "
              + esc(", ".join(f"{k} {v}" for k, v in ph.items() if not k.endswith("_fall"))))
     page.section("grokking-curves", "Grokking: loss and accuracy",
                  '<div class="grid">' + page.plot("g_loss", f["loss"]) + page.plot("g_acc", f["accuracy"]) + "</div>",

@@ -93,7 +93,7 @@ def induction_figures(r: dict, seeds: list[dict] = ()) -> dict[str, dict]:
         {"type": "scatter", "mode": "markers", "x": [tr[pca["pivot_index"], 0]], "y": [tr[pca["pivot_index"], 1]],
          "name": f"pivot ({pca['pivot_tokens'] / 1e6:.1f}M tokens)", "marker": {"size": 14, "symbol": "x",
                                                                                "color": "#d62728"}}],
-        f"Per-token-loss PCA over checkpoints ({pca['examples']} held-out examples, one token each)", "PC1", "PC2")
+        f"Per-token-loss PCA over checkpoints ({esc(pca['examples'])} held-out examples, one token each)", "PC1", "PC2")
     ab = r["ablation"]
     if ab["over_training"]:
         rows = ab["over_training"]
@@ -115,14 +115,14 @@ def induction_figures(r: dict, seeds: list[dict] = ()) -> dict[str, dict]:
         figs["copying"] = fig([{"type": "bar", "x": list(range(1, len(toks) + 1)), "y": c["per_token_loss"],
                                 "text": [esc(t) for t in toks], "textposition": "none", "hovertemplate": "%{text}: %{y:.2f} nats<extra></extra>"}],
                               f"Per-token loss on the rare-identifier passage (identifier occurrences at "
-                              f"{c['occurrences']}); hover for tokens", "predicted token position", "nats")
+                              f"{esc(c['occurrences'])}); hover for tokens", "predicted token position", "nats")
     for key, title in (("translation", "Fuzzy-induction head on the translation task"),
                        ("pattern", "Best head on the pattern-matching task")):
         b = beh.get(key)
         if b:
             labels = [f"{i}:{esc(t)}" for i, t in enumerate(b["tokens"])]
             figs[key] = fig([{"type": "heatmap", "z": b["pattern"], "x": labels, "y": labels, "colorscale": ATTENTION}],
-                            f"{title}: head {b['best_head']} (query rows, key columns)", "key", "query", height=460,
+                            f"{title}: head {esc(b['best_head'])} (query rows, key columns)", "key", "query", height=460,
                             yaxis={"autorange": "reversed"})
     return figs
 
