@@ -276,3 +276,12 @@ def test_checkpoint_digest_refuses_changed_bytes_and_old_checkpoints_still_load(
     save_file(tensors, str(path), metadata={**meta, "model_config": "{not json"})
     with pytest.raises(CircuitlabError, match="damaged metadata"):
         run.model(8)
+
+
+@pytest.mark.parametrize("device,message", [("junk", "is not a device"), ("cuda:99", "CUDA"), ("ipu", "trains on")])
+def test_an_unusable_device_is_one_line_and_writes_nothing(tiny_data, tiny_cfg, tmp_path, device, message):
+    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 99:
+        pytest.skip("a machine with 100 GPUs")
+    with pytest.raises(CircuitlabError, match=message):
+        train(tiny_cfg, tcfg(device=device), tiny_data, tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()

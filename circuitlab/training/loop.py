@@ -108,6 +108,25 @@ def _start(out: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task
     return model, make_optimizer(model, train_cfg), 0, {}
 
 
+def check_device(name: str) -> torch.device:
+    """The torch device `name`, or one line saying why it cannot be used here."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise CircuitlabError(f"--device {name!r} is not a device: use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CircuitlabError(f"--device {name}: no CUDA device here (this torch build or machine has none): "
+                                  "use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise CircuitlabError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise CircuitlabError(f"--device {name}: no Apple-silicon GPU (MPS) here: use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise CircuitlabError(f"--device {name}: circuitlab trains on cpu, cuda or mps")
+    return device
+
+
 def train(
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
@@ -121,6 +140,7 @@ def train(
     """Train on `task` (a TokenData is a language-model task) and return the Run. `stop_at` ends early at that step
     (as an interruption would), leaving a resumable run."""
     out = Path(out)
+    check_device(train_cfg.device)
     task = LanguageModelTask(task) if isinstance(task, TokenData) else task
     task.check(model_cfg, train_cfg)
     # Deterministic kernels: with two or more threads the CPU backward of advanced indexing (the grokking step's
