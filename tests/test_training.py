@@ -285,3 +285,57 @@ def test_an_unusable_device_is_one_line_and_writes_nothing(tiny_data, tiny_cfg, 
     with pytest.raises(CircuitlabError, match=message):
         train(tiny_cfg, tcfg(device=device), tiny_data, tmp_path / "r", progress=False)
     assert not (tmp_path / "r").exists()
+
+
+FAULT_SCRIPT = """
+import sys
+from circuitlab.data import prepare_tokens, text_corpus
+from circuitlab.model import ModelConfig
+from circuitlab.training import TrainConfig, train
+from pathlib import Path
+data = prepare_tokens(text_corpus(sys.argv[1]), 320, cache=Path(sys.argv[2]))
+cfg = ModelConfig(**__import__("json").loads(sys.argv[3]))
+tc = TrainConfig(**__import__("json").loads(sys.argv[4]))
+train(cfg, tc, data, sys.argv[5], resume=len(sys.argv) > 6, progress=False)
+"""
+
+
+@pytest.fixture(scope="module")
+def straight_run(tiny_data, tmp_path_factory):
+    """The uninterrupted run the crash tests compare with."""
+    cfg = ModelConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, n_ctx=32, d_vocab=320)
+    return cfg, tcfg(max_steps=32), train(cfg, tcfg(max_steps=32), tiny_data, tmp_path_factory.mktemp("straight") / "r",
+                                           progress=False)
+
+
+@pytest.mark.parametrize("point", ["checkpoint", "optimizer", "metrics"])
+def test_a_run_killed_at_any_write_resumes_to_the_same_weights_optimizer_and_metrics(
+        small_corpus_dir, straight_run, tmp_path, tmp_path_factory, point):
+    """SIGKILL (a crash) after the checkpoint, after the optimizer state, or after the metrics row of an evaluation
+    step; then resume: weights, optimizer state and metrics.jsonl equal the uninterrupted run's."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from circuitlab.training.loop import FAULT_ENV
+
+    tiny_cfg, c, straight = straight_run
+    cache = str(tmp_path_factory.getbasetemp() / "fault_cache")
+    args = [sys.executable, "-c", FAULT_SCRIPT, str(small_corpus_dir), cache, json.dumps(tiny_cfg.to_dict()),
+            json.dumps(c.to_dict()), str(tmp_path / "killed")]
+    env = {**os.environ, FAULT_ENV: f"{point}:16"}
+    killed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    rows_before = [r["step"] for r in circuitlab.load_run(tmp_path / "killed").metrics]
+    assert rows_before[-1] == (16 if point == "metrics" else 8)
+    resumed = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = straight, circuitlab.load_run(tmp_path / "killed")
+    for (name, p), q in zip(a.model().named_parameters(), b.model().parameters()):
+        assert torch.equal(p, q), f"{name} differs after the crash at {point}"
+    oa, ob = (load_file(str(d / "optimizer.safetensors")) for d in (straight.path, tmp_path / "killed"))
+    assert oa.keys() == ob.keys() and all(torch.equal(oa[k], ob[k]) for k in oa)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")} for r in rows]  # noqa: E731
+    assert strip(a.metrics) == strip(b.metrics)

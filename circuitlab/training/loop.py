@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import signal
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -51,6 +53,16 @@ class EvalContext:
 
 
 Callback = Callable[[EvalContext], "dict | None"]
+
+# Fault injection for the crash tests: CIRCUITLAB_FAULT="POINT:STEP" kills this process with SIGKILL at that point
+# of that step (checkpoint: after the weights are saved; optimizer: after the optimizer state; metrics: after the
+# evaluation row), exactly as a crash there would.
+FAULT_ENV = "CIRCUITLAB_FAULT"
+
+
+def _fault(point: str, step: int) -> None:
+    if os.environ.get(FAULT_ENV) == f"{point}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def make_optimizer(model: Transformer, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -204,9 +216,21 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task, out: Path
         t_window, tokens_window = time.perf_counter(), 0
         return ctx.stop
 
+    def stop_here(step: int, reason: str) -> None:
+        atomic_write_text(out / STOPPED_NAME, json.dumps(
+            {"step": step, "tokens": step * tokens_per_step, "reason": reason}, indent=2))
+
     try:
         if start == 0:
             log_eval(0)
+        elif state.get("eval_pending"):
+            # saved at an evaluation step: its row was written before a crash, or is written now, from the same
+            # state (model, train-loss window), so the log equals the uninterrupted run's
+            if any(r["step"] == start for r in read_metrics(out / "metrics.jsonl")):
+                recent.clear()
+            elif (reason := log_eval(start)) and start < total:
+                stop_here(start, reason)
+                return Run.open(out)
         for step in range(start, last):
             lr = train_cfg.lr_at(step, total)
             for g in optimizer.param_groups:
@@ -232,19 +256,24 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task, out: Path
                 bar.advance(loss_value)
             evaluating = done % train_cfg.eval_every == 0 or done == total
             # Checkpoint before evaluating, so what a callback does can never reach a checkpoint. The loop state saved
-            # is the one after this step's evaluation (which empties the train-loss window), so a run resumed here
-            # logs the same rows as the uninterrupted one.
+            # is the one before this step's evaluation (its train-loss window, and that an evaluation is due), so a
+            # run resumed here -- whether the crash came before or after the row was written -- logs the same rows
+            # as the uninterrupted one.
             if done in ckpt_steps or done == last:
                 save_checkpoint(out, model, done, done * tokens_per_step)
-                save_optimizer(out, optimizer, model, done, {"recent_train_losses": [] if evaluating else recent})
+                _fault("checkpoint", done)
+                save_optimizer(out, optimizer, model, done, {"recent_train_losses": recent, "eval_pending": evaluating})
+                _fault("optimizer", done)
                 last_good = done
-            if evaluating and (reason := log_eval(done)) and done < total:
-                if done not in ckpt_steps and done != last:  # a stop is always at a saved state
-                    save_checkpoint(out, model, done, done * tokens_per_step)
-                    save_optimizer(out, optimizer, model, done, {"recent_train_losses": []})
-                atomic_write_text(out / STOPPED_NAME, json.dumps(
-                    {"step": done, "tokens": done * tokens_per_step, "reason": reason}, indent=2))
-                break
+            if evaluating:
+                reason = log_eval(done)
+                _fault("metrics", done)
+                if reason and done < total:
+                    if done not in ckpt_steps and done != last:  # a stop is always at a saved state
+                        save_checkpoint(out, model, done, done * tokens_per_step)
+                        save_optimizer(out, optimizer, model, done, {"recent_train_losses": []})
+                    stop_here(done, reason)
+                    break
     finally:
         metrics_file.close()
         if bar:
