@@ -163,7 +163,7 @@ def _curves(tokens, induction, icl, final_heads=()):
     return ModelCurves({}, {}, curve, [], final, list(final_heads), phase_windows(tokens, induction, icl))
 
 
-def _phase_verdicts(induction, icl, bump_size=0.2, pivot=1e7):
+def _phase_verdicts(induction, icl, bump_size=0.2, pivot=5e6):
     from circuitlab.experiments.induction.claims import phase_change_claims
     from circuitlab.induction.phase import loss_bump
     from tests.test_induction import TOKENS
@@ -182,15 +182,19 @@ def test_phase_change_claims_positive_and_negative_controls():
     decades, or flat are not reproduced on any of them -- whatever the ICL does."""
     from tests.test_induction import NULL_RISES, TOKENS, logistic
 
-    sharp = [0.02 + 0.3 * logistic(t, 1e7, 0.25) for t in TOKENS]
-    icl_sharp = [-0.1 - 0.3 * logistic(t, 1e7, 0.25) for t in TOKENS]
+    sharp = [0.02 + 0.3 * logistic(t, 5e6, 0.25) for t in TOKENS]
+    icl_sharp = [-0.1 - 0.3 * logistic(t, 5e6, 0.25) for t in TOKENS]
     assert _phase_verdicts(sharp, icl_sharp) == ["reproduced"] * 5
+    # the same sharp rise, but at the end of training: not settled, so its window is not known to be narrow
+    late = [0.02 + 0.3 * logistic(t, 1.2e7, 0.25) for t in TOKENS]
+    late_icl = [-0.1 - 0.3 * logistic(t, 1.2e7, 0.25) for t in TOKENS]
+    assert _phase_verdicts(late, late_icl, pivot=1.2e7) == ["not reproduced"] * 5
     for name, rise in NULL_RISES.items():
         induction = [0.02 + 0.3 * x for x in rise]
         for icl in (icl_sharp, [-0.1 - 0.3 * x for x in rise]):
             assert _phase_verdicts(induction, icl) == ["not reproduced"] * 5, name
     # each coincidence can fail on its own: ICL that changes a decade earlier, no bump, a pivot elsewhere
-    icl_early = [-0.1 - 0.3 * logistic(t, 1e6, 0.25) for t in TOKENS]
+    icl_early = [-0.1 - 0.3 * logistic(t, 5e5, 0.25) for t in TOKENS]
     assert _phase_verdicts(sharp, icl_early) == ["reproduced", "not reproduced", "reproduced", "not reproduced",
                                                  "reproduced"]
     assert _phase_verdicts(sharp, icl_sharp, bump_size=0.0)[2] == "not reproduced"

@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING
 
 from circuitlab.experiments.claims import Claim, verdict
 from circuitlab.heads import INDUCTION
-from circuitlab.induction.phase import ABRUPT_DECADES, BUMP_SLOPE_RATIO, LossBump, Window, contains, overlaps, share_inside
+from circuitlab.induction.phase import (
+    ABRUPT_DECADES, BUMP_SLOPE_RATIO, SETTLE_DECADES, LossBump, Window, contains, overlaps, settled, share_inside,
+)
 from circuitlab.series import running_median
 
 if TYPE_CHECKING:
@@ -52,23 +54,28 @@ def _decades(w: Window) -> str:
 def phase_change_claims(two: "ModelCurves", bump: LossBump, pca_pivot_tokens: int | None, pca_text: str,
                         icl_note: str) -> list[Claim]:
     """The claims about the 2L phase change. Each needs the phase change itself first: an abrupt window (10% -> 90%
-    of the smoothed best induction score's rise within ABRUPT_DECADES decades of tokens) to a score >= INDUCTION."""
+    of the smoothed best induction score's rise within ABRUPT_DECADES decades of tokens) to a score >= INDUCTION,
+    which has settled (`phase.settled`: training went on past the window by its width). A rise still under way when
+    training ends has no known end, so its window cannot be judged narrow."""
     curve = two.curve
     wi, wl = two.windows.induction, two.windows.icl
     before_t = wi.start if wi.found else curve[min(1, len(curve) - 1)].tokens
     final = curve[-1]
-    phase = wi.abrupt and final.best_induction is not None and final.best_induction >= INDUCTION
-    gate = "" if phase else "; no phase change in the induction score, so none to coincide with"
     tokens = [c.tokens for c in curve]
+    best = [c.best_induction for c in curve]
+    done = settled(tokens, best, INDUCTION) if None not in best else None
+    phase = wi.abrupt and final.best_induction is not None and final.best_induction >= INDUCTION and done is not None
+    gate = "" if phase else "; no phase change in the induction score, so none to coincide with"
     claims = [Claim(
         PAPER, "Two-layer attention-only models form induction heads in a phase change: a narrow window of training",
-        f"best induction score rises to ≥ {INDUCTION}, 10%→90% of the rise within ≤ {ABRUPT_DECADES} decades of tokens",
+        f"best induction score rises to ≥ {INDUCTION}, 10%→90% of the rise within ≤ {ABRUPT_DECADES} decades of "
+        f"tokens, and settled (training goes on past it by its width, ≥ {SETTLE_DECADES} decades)",
         f"window {window_text(wi)}{_decades(wi)}; best induction score {_num(value_at(curve, before_t, 'best_induction'))}"
         f" → {_num(final.best_induction)} (final, {fmt_tokens(final.tokens)} tokens); heads "
         f"{', '.join(map(str, two.induction_heads)) or 'none'}"
-        + (f"; stopped once it had settled ({two.stopped})" if two.stopped else
-           f"; training reached its {fmt_tokens(final.tokens)}-token cap before a phase change had settled (on "
-           "another corpus heads may form later: raise the cap, --max-tokens)"),
+        + (f"; settled: {done}" if done else
+           f"; training ended at {fmt_tokens(final.tokens)} tokens (its cap) before a rise had settled (on another "
+           "corpus heads may form later: raise the cap, --max-tokens)"),
         verdict(phase), "induction-phase")]
     claims.append(Claim(
         PAPER, "In-context learning improves abruptly in the same window as the induction heads form",
