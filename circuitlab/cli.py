@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -16,7 +17,38 @@ from rich.table import Table
 from circuitlab.errors import CircuitlabError
 from circuitlab.report.terminal import console, err_console, fmt, new_table, print_claims
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+class _OneLineErrors(typer.core.TyperGroup):
+    """A bad flag or argument is one line on stderr and exit status 2, like every other error (click's own usage
+    errors are a boxed, multi-line message)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:  # typer >= 0.20 vendors click as typer._click
+            from typer._click import exceptions as cx
+        except ImportError:  # pragma: no cover
+            from click import exceptions as cx
+
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except cx.NoArgsIsHelpError as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except cx.UsageError as e:
+            path = e.ctx.command_path.split(" ", 1)[1] if e.ctx and " " in e.ctx.command_path else ""
+            err_console.print(f"[bold red]error:[/] {e.format_message()} (see `circuitlab {path + ' ' if path else ''}"
+                              "--help`)", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        except cx.ClickException as e:
+            err_console.print(f"[bold red]error:[/] {e.format_message()}", highlight=False, soft_wrap=True)
+            sys.exit(e.exit_code)
+        except (KeyboardInterrupt, EOFError):
+            err_console.print("interrupted")
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Train small attention-only transformers and read their circuits.")
 
 

@@ -28,11 +28,17 @@ def read_metrics(path: Path) -> list[dict]:
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise CircuitlabError(f"{path} cannot be read ({e.strerror})") from None
+    for line in text.splitlines():
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):  # anything else is a damaged line
+            rows.append(row)
     return rows
 
 
@@ -82,13 +88,21 @@ class Run:
             task = d.get("task") or {"kind": "language_model", "corpus": d.get("data", {}).get("corpus", "stdlib")}
             return cls(path, ModelConfig.from_dict(d["model"]), TrainConfig.from_dict(d["train"]), d.get("data", {}),
                        task)
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-            raise CircuitlabError(f"{meta} is damaged ({e}): the run cannot be read; train it again") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError, ValueError) as e:
+            raise CircuitlabError(f"{meta} is damaged ({str(e)[:120]}): the run cannot be read; train it again") from None
+        except OSError as e:
+            raise CircuitlabError(f"{meta} cannot be read ({e.strerror})") from None
 
     @cached_property
     def tokenizer(self) -> Tokenizer | None:
         p = self.path / "tokenizer.json"
-        return Tokenizer.from_file(str(p)) if p.exists() else None
+        if not p.exists():
+            return None
+        try:
+            return Tokenizer.from_file(str(p))
+        except Exception as e:  # the tokenizers library raises plain Exceptions for a damaged file
+            raise CircuitlabError(f"{p} is damaged ({str(e).splitlines()[0][:120]}): the run's tokenizer cannot be "
+                                  "read; restore it or train the run again") from None
 
     @property
     def metrics(self) -> list[dict]:
