@@ -189,6 +189,9 @@ def info(run_dir: Path = typer.Argument(..., help="A run directory written by `c
         "tokens/s (last window)": fmt(last.get("tokens_per_s"), ",.0f"),
         "MFU (last window)": fmt(last.get("mfu"), ".1%"),
     }
+    stop = run.stopped
+    if stop is not None:
+        progress["stopped early"] = f"at step {stop['step']:,}: {stop['reason']}"
     console.print(table("Progress", progress))
     steps = run.checkpoints
     shown = ", ".join(map(str, steps)) if len(steps) <= 24 else ", ".join(map(str, steps[:12])) + ", ..., " + ", ".join(map(str, steps[-6:]))

@@ -236,6 +236,12 @@ def test_a_callback_can_stop_a_run_which_then_counts_as_finished(tiny_data, tiny
     assert run.checkpoints == [0, 16] and run.stopped == {"step": 16, "tokens": 16 * 4 * 32, "reason": "enough"}
     assert run.finished and finished_run(tmp_path / "r", tiny_cfg, c) is not None
     assert [r["step"] for r in run.metrics] == [0, 8, 16]
+    from typer.testing import CliRunner
+
+    from circuitlab.cli import app
+
+    shown = CliRunner().invoke(app, ["info", str(tmp_path / "r")])
+    assert shown.exit_code == 0 and "stopped early" in shown.output and "enough" in shown.output
     # resuming continues past the stop, to the budget, exactly as a run that never stopped
     straight = train(tiny_cfg, c, tiny_data, tmp_path / "straight", progress=False)
     resumed = train(tiny_cfg, c, tiny_data, tmp_path / "r", resume=True, progress=False)
