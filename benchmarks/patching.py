@@ -1,7 +1,10 @@
 """Activation patching of every head's output on a GPT-2-small-shaped model (12 layers x 12 heads, d_model 768,
 vocabulary 50,257; random weights, built locally, nothing downloaded) over 100 prompts: circuitlab's batched
 `patch_heads` vs TransformerLens's own one-head-at-a-time loop (`transformer_lens.patching
-.get_act_patch_attn_head_out_all_pos`), measured in the same run on the same model, prompts and metric.
+.generic_activation_patch`, what `get_act_patch_attn_head_out_all_pos` runs), measured in the same run on the same
+model, prompts and metric -- on a Hugging Face GPT-2 behind a TransformerBridge (`--kind bridge`) and on
+circuitlab's own Transformer of the same shape (`--kind circuitlab`: there the layers before the patched one also
+run once instead of once per head).
 
 The loop is timed on --baseline-layers layers (its cost per head does not depend on the layer) and scaled to all
 144 heads; the two results are checked to agree on those layers. Writes JSON to benchmarks/results/.
@@ -35,6 +38,19 @@ def _tiny_tokenizer(folder: str) -> None:
                       eos_token="<|endoftext|>", unk_token="<|endoftext|>").save_pretrained(folder)
 
 
+class _WithDevice:
+    """circuitlab's model as TransformerLens's patching loop expects it: its config also says the device."""
+
+    def __init__(self, model):
+        import types
+
+        self._model = model
+        self.cfg = types.SimpleNamespace(**model.cfg.to_dict(), device=str(model.device), n_key_value_heads=None)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prompts", type=int, default=100)
@@ -42,6 +58,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--baseline-layers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--kind", choices=["bridge", "circuitlab"], default="bridge")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.threads:
@@ -56,10 +73,18 @@ def main() -> None:
 
     torch.manual_seed(0)
     cfg = GPT2Config(n_layer=args.layers)  # GPT-2 small's shape
-    with tempfile.TemporaryDirectory() as d:
-        GPT2LMHeadModel(cfg).save_pretrained(d)
-        _tiny_tokenizer(d)
-        model = load_model(d)
+    if args.kind == "bridge":
+        with tempfile.TemporaryDirectory() as d:
+            GPT2LMHeadModel(cfg).save_pretrained(d)
+            _tiny_tokenizer(d)
+            model = load_model(d)
+    else:
+        from circuitlab.model import ModelConfig, Transformer
+
+        model = Transformer(ModelConfig(n_layers=args.layers, d_model=cfg.n_embd, n_heads=cfg.n_head,
+                                        d_head=cfg.n_embd // cfg.n_head, n_ctx=cfg.n_positions, d_vocab=cfg.vocab_size,
+                                        d_mlp=4 * cfg.n_embd, layer_norm=True, attn_bias=True,
+                                        positional_embedding_type="standard")).eval()
     L, H, V = model.cfg.n_layers, model.cfg.n_heads, cfg.vocab_size
     g = torch.Generator().manual_seed(0)
     clean = torch.randint(0, V, (args.prompts, args.length), generator=g)
@@ -75,14 +100,16 @@ def main() -> None:
     base_layers = min(args.baseline_layers, L)
     _, cache = model.run_with_cache(clean)
     index = pd.DataFrame([(layer, h) for layer in range(base_layers) for h in range(H)], columns=["layer", "head"])
+    tl_model = model if args.kind == "bridge" else _WithDevice(model)
     t0 = time.perf_counter()
-    base = generic_activation_patch(model, corrupt, cache, lambda logits: metric(logits).mean(),
+    base = generic_activation_patch(tl_model, corrupt, cache, lambda logits: metric(logits).mean(),
                                     layer_head_vector_patch_setter, "z", index_df=index)
     t_base = time.perf_counter() - t0
     diff = float((torch.as_tensor(base).flatten() - ours.tensor()[:base_layers].flatten()).abs().max())
     per_head = t_base / len(index)
     result = {
         "model": f"GPT-2 small shape ({L} layers x {H} heads, d_model {cfg.n_embd}, vocabulary {V}), random weights",
+        "kind": args.kind,
         "prompts": args.prompts, "tokens_per_prompt": args.length, "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(), "machine": platform.machine(),
         "circuitlab_patch_heads_seconds": round(t_ours, 2),
@@ -92,7 +119,7 @@ def main() -> None:
         "max_abs_difference_on_measured_heads": diff,
     }
     print(json.dumps(result, indent=1))
-    out = Path(args.out or Path(__file__).parent / "results" / "patching.json")
+    out = Path(args.out or Path(__file__).parent / "results" / f"patching-{args.kind}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")

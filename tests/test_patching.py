@@ -230,3 +230,26 @@ def test_the_readme_patching_example_runs(tiny_gpt2):
     scope: dict = {}
     exec(code.replace('"models/gpt2"', repr(str(tiny_gpt2))), scope)  # noqa: S102
     assert scope["heads"].shape == [2, 4] and scope["direct"].shape == (2, 4)
+
+
+def test_the_batch_grows_at_the_first_patched_layer_with_the_same_results(tiny_gpt2):
+    """Layers before the first patched one run once; the batch is repeated at that layer's residual stream. Same
+    numbers as repeating the prompts from the start, on circuitlab's model (where it grows) and on bridges (where
+    Hugging Face's attention mask, made for the prompts' batch, makes it fall back)."""
+    from circuitlab import load_model
+    from circuitlab.patching.activation import head_masks
+    from circuitlab.patching.common import _NO_EXPAND, cache_sites, run_patches
+
+    m, bridge, g = _twins()
+    gpt2 = load_model(tiny_gpt2)
+    for model in (m, bridge, gpt2):
+        V = model.cfg.d_vocab
+        clean, corrupt = torch.randint(0, V, (3, 9), generator=g), torch.randint(0, V, (3, 9), generator=g)
+        metric = LogitDiff(torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6]))
+        name = "blocks.1.attn.hook_z"
+        src = cache_sites(model, clean, [name])[name]
+        masks, _ = head_masks("z", tuple(src.shape[1:]), model.cfg.n_heads, True)
+        grown = run_patches(model, corrupt, metric, {name: (src, masks)})
+        plain = run_patches(model, corrupt, metric, {name: (src, masks)}, expand=False)
+        torch.testing.assert_close(grown, plain, atol=1e-5, rtol=1e-5)
+    assert id(m) not in _NO_EXPAND and id(gpt2) in _NO_EXPAND  # ours really grew; the GPT-2 fell back

@@ -160,12 +160,24 @@ def _readout(model, position: int):
     return name, hook, got
 
 
+def _layer(name: str) -> int | None:
+    parts = name.split(".")
+    return int(parts[1]) if parts[0] == "blocks" and len(parts) > 2 and parts[1].isdigit() else None
+
+
+_NO_EXPAND: set[int] = set()  # models whose forward pass cannot take a larger batch mid-way
+
+
 def run_patches(model, tokens: Tensor, metric: Metric, patches: dict[str, tuple[Tensor, Tensor]],
-                extra_hooks: Callable[[int], list] | None = None) -> Tensor:
+                extra_hooks: Callable[[int], list] | None = None, expand: bool = True) -> Tensor:
     """The mean metric over the prompts for each of k patches. patches: hook name -> (source [batch, ...], masks
     [k, ...]): in copy i, the activation at that hook takes the source's values where masks[i] is True. Returns [k].
     extra_hooks(rows): more (name, fn) hooks for a chunk of `rows` copies (path patching's frozen heads).
-    A metric with `at_position` (LogitDiff) is computed from the logits at its position alone (`_readout`)."""
+    A metric with `at_position` (LogitDiff) is computed from the logits at its position alone (`_readout`).
+    expand: the layers before the first patched one are the same in every copy, so they run once on the prompts
+    and the batch is repeated k times at that layer's residual stream (circuitlab's models; a Hugging Face model
+    behind a TransformerBridge builds its attention mask for the prompts' batch, so there it falls back, once per
+    model, to repeating the prompts from the start)."""
     B, P = tokens.shape
     k = next(iter(patches.values()))[1].shape[0]
     readout = _readout(model, metric.position) if hasattr(metric, "at_position") else None
@@ -187,18 +199,37 @@ def run_patches(model, tokens: Tensor, metric: Metric, patches: dict[str, tuple[
         hooks = [(name, make(src if src.shape[0] == B else src[i * B : j * B], m)) for name, (src, m) in patches.items()]
         if extra_hooks is not None:
             hooks += extra_hooks(n)
-        with torch.no_grad():
-            if readout is None:
-                values = metric(model.run_with_hooks(tokens.repeat(n, 1), fwd_hooks=hooks))
-            else:
-                name, read, got = readout
-                got.clear()
-                try:
-                    model.run_with_hooks(tokens.repeat(n, 1), fwd_hooks=hooks + [(name, read)])
-                except _Stop:
-                    pass
-                if not got:
-                    raise CircuitlabError(f"the model's forward pass never reached {name}: cannot read its logits")
-                values = metric.at_position(got[0])
+        layers = [_layer(name) for name, _ in hooks]
+        first = min(layers) if layers and None not in layers else None
+        grow = expand and n > 1 and first is not None and id(model) not in _NO_EXPAND and \
+            f"blocks.{first}.hook_resid_pre" in model.hook_dict
+        try:
+            values = _forward(model, tokens, n, hooks, metric, readout, first if grow else None)
+        except RuntimeError:
+            if not grow:
+                raise
+            _NO_EXPAND.add(id(model))
+            values = _forward(model, tokens, n, hooks, metric, readout, None)
         out.append(values.reshape(n, B).mean(1).float())
     return torch.cat(out)
+
+
+def _forward(model, tokens: Tensor, n: int, hooks: list, metric: Metric, readout, grow_at: int | None) -> Tensor:
+    """The metric of n copies of the prompts under `hooks`; grow_at: repeat the batch at that layer's input."""
+    if grow_at is None:
+        batch = tokens.repeat(n, 1)
+    else:
+        batch = tokens
+        hooks = [(f"blocks.{grow_at}.hook_resid_pre", lambda x, hook: x.repeat(n, *([1] * (x.ndim - 1))))] + hooks
+    with torch.no_grad():
+        if readout is None:
+            return metric(model.run_with_hooks(batch, fwd_hooks=hooks))
+        name, read, got = readout
+        got.clear()
+        try:
+            model.run_with_hooks(batch, fwd_hooks=hooks + [(name, read)])
+        except _Stop:
+            pass
+        if not got:
+            raise CircuitlabError(f"the model's forward pass never reached {name}: cannot read its logits")
+        return metric.at_position(got[0])
