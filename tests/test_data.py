@@ -130,3 +130,40 @@ def test_text_globs_do_not_follow_symlink_loops_or_count_a_file_twice(tmp_path):
             assert len(docs) == 2, (spec, [x.name for x in docs])
     finally:
         signal.alarm(0)
+
+
+def test_ioi_prompts_follow_the_papers_templates_and_corruption():
+    import pytest
+
+    from circuitlab.data.ioi import (
+        ABBA_TEMPLATES, BABA_TEMPLATES, NAMES, abc_prompts, ioi_prompts, positions, vocabulary,
+    )
+    from circuitlab.errors import CircuitlabError
+
+    assert len(BABA_TEMPLATES) == len(ABBA_TEMPLATES) == 15 and len(NAMES) == 99 == len(set(NAMES))
+    assert ABBA_TEMPLATES[0] == "Then, [A] and [B] went to the [PLACE]. [B] gave a [OBJECT] to"
+    # a word-level tokenizer where names with more than 6 letters take two tokens
+    n_tokens = lambda text: len(text.split()) + sum(len(w) > 6 for w in text.split())  # noqa: E731
+    v = vocabulary(n_tokens)
+    assert all(len(x) <= 6 for x in v.names) and v.dropped["names"] == 99 - len(v.names) > 0
+    prompts = ioi_prompts(v, 40, seed=3)
+    assert prompts == ioi_prompts(v, 40, seed=3) and prompts != ioi_prompts(v, 40, seed=4)
+    assert {p.order for p in prompts} == {"ABBA", "BABA"} and len({p.template for p in prompts}) > 5
+    for p in prompts:
+        words = p.text.replace(",", " ,").replace(".", " .").split()
+        assert words.count(p.s) == 2 and words.count(p.io) == 1 and p.io != p.s and p.text.endswith(" to")
+        first = words.index(p.io) < words.index(p.s)
+        assert first == (p.order == "ABBA")
+    encode = lambda text: text.split(" ")  # noqa: E731
+    pos = positions(prompts, encode, offset=1)
+    for p, io, s1, s2, end in zip(prompts, pos.io, pos.s1, pos.s2, pos.end):
+        ids = ["<bos>", *encode(p.text)]
+        assert ids[io].strip(",.") == p.io and ids[s1].strip(",.") == p.s == ids[s2].strip(",.") and s1 < s2
+        assert end == len(ids) - 1 and ids[end] == "to"
+    abc = abc_prompts(prompts, v)
+    for p, q in zip(prompts, abc):
+        names = [w.strip(",.") for w in q.text.split() if w.strip(",.") in v.names]
+        assert len(names) == len(set(names)) == 3 and not set(names) & {p.io, p.s}  # three fresh names, none repeated
+        assert len(encode(q.text)) == len(encode(p.text)) and q.template == p.template
+    with pytest.raises(CircuitlabError, match="too few"):
+        vocabulary(lambda text: 2)
