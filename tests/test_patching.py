@@ -253,3 +253,34 @@ def test_the_batch_grows_at_the_first_patched_layer_with_the_same_results(tiny_g
         plain = run_patches(model, corrupt, metric, {name: (src, masks)}, expand=False)
         torch.testing.assert_close(grown, plain, atol=1e-5, rtol=1e-5)
     assert id(m) not in _NO_EXPAND and id(gpt2) in _NO_EXPAND  # ours really grew; the GPT-2 fell back
+
+
+def test_a_rotary_gqa_model_works_too(tiny_gpt2, tmp_path):
+    """A tiny random Llama (rotary positions, RMSNorm, grouped key/value heads) saved to a folder: every function
+    runs, and the logit attribution adds up (no positional embedding to attribute)."""
+    import shutil
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from circuitlab import load_model
+
+    d = tmp_path / "tiny-llama"
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                     num_key_value_heads=2, vocab_size=300, max_position_embeddings=64,
+                                     bos_token_id=0, eos_token_id=0)).save_pretrained(d)
+    for f in tiny_gpt2.iterdir():
+        if "token" in f.name or f.name in ("vocab.json", "merges.txt"):
+            shutil.copy(f, d / f.name)
+    model = load_model(d)
+    g = torch.Generator().manual_seed(0)
+    clean, corrupt = torch.randint(1, 300, (3, 8), generator=g), torch.randint(1, 300, (3, 8), generator=g)
+    metric = LogitDiff(torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6]))
+    assert patch_heads(model, clean, corrupt, metric).shape == [2, 4]
+    assert patch_heads(model, clean, corrupt, metric, site="k").shape == [2, 2]  # grouped keys: per key/value head
+    assert attribution_patch(model, clean, corrupt, metric, site="v").shape == [2, 2]
+    assert path_patch(model, clean, corrupt, metric, receivers=[(1, 0)]).shape == [2, 4]
+    d = direct_logit_attribution(model, clean, metric.answer, metric.wrong)
+    assert d.explained == pytest.approx(d.total, abs=1e-4)
+    assert logit_lens(model, clean, metric.answer, metric.wrong).logit_diff[-1] == pytest.approx(d.total, abs=1e-4)

@@ -60,7 +60,7 @@ def head_masks(site: str, shape: tuple[int, ...], n_heads: int, per_position: bo
 def patch_heads(model, clean: Tensor, corrupted: Tensor, metric: Metric, site: str = "z", per_position: bool = False,
                 direction: str = "denoise") -> PatchingResult:
     """Patch each head's `site` activation (z, q, k, v or pattern): values over [layer, head] (or [layer, pos,
-    head] per position)."""
+    head] per position); for k and v of a model with grouped key/value heads, over its key/value heads."""
     if site not in HEAD_SITES:
         raise CircuitlabError(f"head site must be one of {', '.join(HEAD_SITES)}, not {site!r}")
     target, source, clean_m, corrupt_m = _pair(model, clean, corrupted, metric, direction)
@@ -68,6 +68,8 @@ def patch_heads(model, clean: Tensor, corrupted: Tensor, metric: Metric, site: s
     names = [hook_name(site, layer) for layer in range(L)]
     src = cache_sites(model, source, names)
     rows, axes = [], []
+    # k and v of a model with grouped key/value heads have fewer heads than q and z: patched per key/value head
+    H = src[names[0]].shape[1 if site == "pattern" else 2]
     for name in names:
         masks, axes = head_masks(site, tuple(src[name].shape[1:]), H, per_position)
         rows.append(run_patches(model, target, metric, {name: (src[name], masks)}))

@@ -57,6 +57,7 @@ def attribution_patch(model, clean: Tensor, corrupted: Tensor, metric: Metric, s
     for n in names:
         delta = ((clean_acts[n] - corrupt_acts[n]) * grads[n]).sum(0)  # summed over prompts: the metric is a mean
         if site in HEAD_SITES:
+            H = delta.shape[0 if site == "pattern" else 1]  # grouped key/value heads: k and v have fewer
             masks, axes = head_masks(site, tuple(delta.shape), H, per_position)
         else:
             P = delta.shape[0]

@@ -119,11 +119,17 @@ def mean_metric(model, tokens: Tensor, metric: Metric) -> float:
 
 
 def cache_sites(model, tokens: Tensor, names: list[str]) -> dict[str, Tensor]:
-    """Activations at hook `names` on `tokens`, detached."""
+    """Activations at hook `names` on `tokens`, detached (a hook the forward pass does not reach is left out)."""
     keep = set(names)
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in keep)
-    return {n: cache[n].detach() for n in names}
+    out = {}
+    for n in names:
+        try:
+            out[n] = cache[n].detach()
+        except KeyError:  # a hook the forward pass never reaches (a rotary model's hook_pos_embed)
+            continue
+    return out
 
 
 class _Stop(Exception):

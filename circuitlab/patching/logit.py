@@ -56,7 +56,8 @@ def direct_logit_attribution(model, tokens: Tensor, answer: Tensor, wrong: Tenso
                              by_source: bool = False) -> LogitAttribution:
     L, H = dims(model)
     pos = position % tokens.shape[1]
-    names = [hook_name("z", layer) for layer in range(L)] + ["hook_embed", "hook_pos_embed"]
+    names = [hook_name("z", layer) for layer in range(L)] + [n for n in ("hook_embed", "hook_pos_embed")
+                                                             if n in model.hook_dict]  # rotary models: no pos embed
     mlp = has_site(model, "mlp_out")
     names += [hook_name("mlp_out", layer) for layer in range(L)] if mlp else []
     has_scale = "ln_final.hook_scale" in model.hook_dict and model.cfg.normalization_type is not None
@@ -78,9 +79,9 @@ def direct_logit_attribution(model, tokens: Tensor, answer: Tensor, wrong: Tenso
     heads = torch.stack([along(torch.einsum("bhe,hed->bhd", cache[hook_name("z", layer)][:, pos], W_O[layer]))
                          for layer in range(L)], 1)  # [batch, layer, head]
     mlps = torch.stack([along(cache[hook_name("mlp_out", layer)][:, pos]) for layer in range(L)], 1) if mlp else None
-    pos_embed = cache["hook_pos_embed"]
     embed = cache["hook_embed"][:, pos]
-    if getattr(model.cfg, "positional_embedding_type", "standard") == "standard":
+    if "hook_pos_embed" in cache and getattr(model.cfg, "positional_embedding_type", "standard") == "standard":
+        pos_embed = cache["hook_pos_embed"]
         embed = embed + (pos_embed[:, pos] if pos_embed.ndim == 3 else pos_embed[pos])
     embed_c = along(embed)
     biases = torch.zeros(tokens.shape[0])

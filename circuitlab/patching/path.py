@@ -84,8 +84,9 @@ def _path_values(model, orig, new, metric, receivers, receiver_sites, senders: l
         got = torch.cat(kept[n])  # [k * B, pos, head, d_head]
         mask = torch.zeros(k, *got.shape[1:], dtype=torch.bool)
         layer = int(n.split(".")[1])
+        groups = H // got.shape[2]  # grouped key/value heads: a receiver's k and v are its group's
         for r in receivers:
             if r.layer == layer:
-                mask[:, :, r.head] = True
+                mask[:, :, r.head // groups] = True
         patches[n] = (got, mask)
     return run_patches(model, orig, metric, patches)
