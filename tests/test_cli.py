@@ -156,3 +156,14 @@ def test_analyze_a_pretrained_model_from_a_folder_offline(tiny_gpt2, tmp_path):
     assert "one of them" in error_line(runner.invoke(app, ["analyze", str(tmp_path), "--model", str(tiny_gpt2)]))
     assert "no config.json" in error_line(runner.invoke(app, ["analyze", "--model", str(tmp_path)]))
     assert "Hugging Face cache" in error_line(runner.invoke(app, ["analyze", "--model", "nobody/nothing-here"]))
+
+
+def test_experiment_induction_cap_is_checked_and_applies_to_the_plain_models(tmp_path):
+    from circuitlab.experiments.induction import PRESETS
+    from circuitlab.experiments.induction.presets import with_cap
+
+    r = runner.invoke(app, ["experiment", "induction", "--max-tokens", "0", "--out", str(tmp_path / "x")])
+    assert "positive number of tokens" in error_line(r) and not (tmp_path / "x").exists()
+    capped = with_cap(PRESETS["quick"], 1_000_000)
+    assert {n: p.train["max_tokens"] for n, p in capped.models.items()} == {
+        "2L": 1_000_000, "1L": 1_000_000, "1L-smeared": 4_000_000, "2L-smeared": 4_000_000}
