@@ -308,3 +308,19 @@ def test_online_measuring_and_a_follower_stops_where_its_leader_stopped(tiny_dat
                               wait_seconds=0.05)
     with pytest.raises(CircuitlabError, match="measured nothing new"):
         train(one, c, tiny_data, tmp_path / "h", progress=False, callbacks=[stuck])
+
+
+def test_training_rules_follow_only_a_model_that_is_there(tmp_path):
+    from circuitlab.errors import CircuitlabError
+    from circuitlab.experiments.induction.run import training_rules
+
+    rules = training_rules(TINY, tmp_path)
+    assert rules["1L"] == {"settle": False, "follow": str(tmp_path / "runs" / "2L")}
+    assert rules["2L"] == {"settle": True, "follow": None} and rules["2L-smeared"]["settle"]
+    alone = TINY.but(models={"1L": TINY.models["1L"]})  # no 2L to follow: the 1L trains by its own rule
+    assert training_rules(alone, tmp_path)["1L"] == {"settle": True, "follow": None}
+    with pytest.raises(CircuitlabError, match="follows another model"):
+        training_rules(TINY.but(settings={"follow": {"1L": "2L", "2L": "2L-smeared"}}), tmp_path)
+    other = TINY.but(models={**TINY.models, "1L": TINY.models["1L"].but(train={"eval_every": 7})})
+    with pytest.raises(CircuitlabError, match="other token counts"):
+        training_rules(other, tmp_path)

@@ -89,10 +89,12 @@ def training_rules(preset: ExperimentPreset, out: Path) -> dict[str, dict]:
     rules = {}
     for n in cfgs:
         lead = follow.get(n)
+        if lead is not None and lead not in cfgs:  # a preset without the model to follow: train by its own rule
+            lead = None
         if lead is not None:
-            if lead not in cfgs or lead in follow:
-                raise CircuitlabError(f"preset {preset.name!r}: {n} follows {lead!r}, which is not a model of the "
-                                      "preset that trains by its own rule")
+            if lead in follow:
+                raise CircuitlabError(f"preset {preset.name!r}: {n} follows {lead!r}, which follows another model "
+                                      "itself: a model can only follow one that trains by its own rule")
             (m, t), (lm, lt) = cfgs[n], cfgs[lead]
             if (t.batch_size * m.n_ctx, t.eval_every) != (lt.batch_size * lm.n_ctx, lt.eval_every):
                 raise CircuitlabError(f"preset {preset.name!r}: {n} follows {lead} but evaluates at other token "
