@@ -11,6 +11,7 @@ so patching every head of a layer is one forward pass (in chunks that bound the 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -171,7 +172,7 @@ def _layer(name: str) -> int | None:
     return int(parts[1]) if parts[0] == "blocks" and len(parts) > 2 and parts[1].isdigit() else None
 
 
-_NO_EXPAND: set[int] = set()  # models whose forward pass cannot take a larger batch mid-way
+_NO_EXPAND: weakref.WeakSet = weakref.WeakSet()  # models whose forward pass cannot take a larger batch mid-way
 
 
 def run_patches(model, tokens: Tensor, metric: Metric, patches: dict[str, tuple[Tensor, Tensor]],
@@ -207,14 +208,14 @@ def run_patches(model, tokens: Tensor, metric: Metric, patches: dict[str, tuple[
             hooks += extra_hooks(n)
         layers = [_layer(name) for name, _ in hooks]
         first = min(layers) if layers and None not in layers else None
-        grow = expand and n > 1 and first is not None and id(model) not in _NO_EXPAND and \
+        grow = expand and n > 1 and first is not None and model not in _NO_EXPAND and \
             f"blocks.{first}.hook_resid_pre" in model.hook_dict
         try:
             values = _forward(model, tokens, n, hooks, metric, readout, first if grow else None)
         except RuntimeError:
             if not grow:
                 raise
-            _NO_EXPAND.add(id(model))
+            _NO_EXPAND.add(model)
             values = _forward(model, tokens, n, hooks, metric, readout, None)
         out.append(values.reshape(n, B).mean(1).float())
     return torch.cat(out)
