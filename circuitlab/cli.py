@@ -66,6 +66,11 @@ def _friendly(fn):
         except KeyboardInterrupt:
             err_console.print("interrupted: checkpoints written so far are kept; continue with --resume")
             raise typer.Exit(130) from None
+        except OSError as e:  # a file system that refuses: not a folder, no permission, a full disk
+            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+            err_console.print(f"[bold red]error:[/] {e.strerror or e}{where}: check the path, its permissions and the "
+                              "free disk space; files already written are kept", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
 
     return wrapper
 

@@ -167,3 +167,15 @@ def test_experiment_induction_cap_is_checked_and_applies_to_the_plain_models(tmp
     capped = with_cap(PRESETS["quick"], 1_000_000)
     assert {n: p.train["max_tokens"] for n, p in capped.models.items()} == {
         "2L": 1_000_000, "1L": 1_000_000, "1L-smeared": 4_000_000, "2L-smeared": 4_000_000}
+
+
+def test_file_system_refusals_are_one_line(small_corpus_dir, tmp_path):
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    base = ["train", "--preset", "attn1", "--text", str(small_corpus_dir), "--max-steps", "2", *TINY]
+    assert "is a file, not a folder" in error_line(runner.invoke(app, [*base, "--out", str(f)]))
+    assert "check the path" in error_line(runner.invoke(app, [*base, "--out", str(f / "run")]))  # under a file
+    assert f.read_text() == "x"
+    for flags, message in ((["--p", "2"], "prime >= 5"), (["--frac", "0.00001"], "leaves 0 for training")):
+        r = runner.invoke(app, ["experiment", "grokking", "--preset", "quick", *flags, "--out", str(tmp_path / "g")])
+        assert message in error_line(r) and not (tmp_path / "g").exists()

@@ -30,10 +30,14 @@ class ModularAddition:
 
 
 def modular_addition(p: int = 113, frac: float = 0.3, seed: int = 0) -> ModularAddition:
-    if not is_prime(p):
-        raise CircuitlabError(f"p must be a prime (got {p}); the Fourier algorithm needs Z/pZ to be a field, try 113")
+    if not is_prime(p) or p < 5:
+        raise CircuitlabError(f"p must be a prime >= 5 (got {p}); the Fourier algorithm needs Z/pZ to be a field with "
+                              "at least two frequencies, try 113")
     if not 0 < frac < 1:
         raise CircuitlabError(f"frac must be between 0 and 1 (got {frac}); the paper uses 0.3")
+    if not 1 <= int(frac * p * p) < p * p:
+        raise CircuitlabError(f"frac {frac} of the {p * p} pairs leaves {int(frac * p * p)} for training: choose a "
+                              "frac that keeps some pairs for training and some for testing (the paper: 0.3)")
     a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
     a, b = a.flatten(), b.flatten()
     tokens = torch.stack([a, b, torch.full_like(a, p)], dim=1)

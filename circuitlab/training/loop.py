@@ -159,6 +159,8 @@ def train(
     # gathers) accumulates in a varying order, so two runs of the same command drifted apart (measured: different
     # weights after 400 epochs of the paper's preset, equal with this on, and no slower).
     previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    if out.exists() and not out.is_dir():
+        raise CircuitlabError(f"--out {out} is a file, not a folder: choose a folder for the run")
     if not resume and (out / "run.json").exists():  # said before taking the lock, which would create the folder
         raise CircuitlabError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     if not (out / "run.json").exists() and out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
