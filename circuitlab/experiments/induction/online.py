@@ -37,9 +37,12 @@ class MeasureAsTraining:
                  poll_seconds: float = 1.0, wait_seconds: float = WAIT_SECONDS):
         self.probe, self.path, self.settle, self.follow = probe, Path(path), settle, follow
         self.poll, self.wait = poll_seconds, wait_seconds
+        self.done: dict | None = None  # the rows measured so far, read from `path` once
 
     def __call__(self, ctx: EvalContext) -> None:
-        done = read_measurements(self.path)
+        if self.done is None:
+            self.done = read_measurements(self.path)
+        done = self.done
         todo = [s for s in list_checkpoints(ctx.run_dir) if s <= ctx.step and s not in done]
         if todo:
             cfg = Run.open(ctx.run_dir).config
