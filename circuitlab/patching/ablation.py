@@ -4,7 +4,7 @@ argue for resampling): replace a head's output z by
 - "zero": zeros;
 - "mean": its mean over `reference` prompts at the same position (per template: the mean over the reference
   prompts of the same group, `groups` giving each prompt's and reference prompt's template);
-- "resample": its value on another reference prompt (a fixed random permutation, `seed`).
+- "resample": its value on a random reference prompt (`seed`; of the same template where `groups` are given).
 
 `ablate_each_head` ablates the heads one at a time (one batched pass per layer); `ablate_heads` a set of heads at
 once. Both return the mean metric over the prompts.
@@ -38,12 +38,20 @@ def replacement(model, tokens: Tensor, layer: int, kind: str, reference: Tensor 
     z = cache_sites(model, reference, [name])[name]
     if kind == "zero":
         return torch.zeros(tokens.shape[0], *z.shape[1:], dtype=z.dtype)
+    reference_groups = groups if reference_groups is None else reference_groups
     if kind == "resample":
         g = torch.Generator().manual_seed(seed)
-        return z[torch.randint(0, len(z), (tokens.shape[0],), generator=g)]
+        if groups is None:
+            return z[torch.randint(0, len(z), (tokens.shape[0],), generator=g)]
+        pick = torch.empty(tokens.shape[0], dtype=torch.long)
+        for i, grp in enumerate(groups.tolist()):
+            of = torch.nonzero(reference_groups == grp)[:, 0]
+            if not len(of):
+                raise CircuitlabError(f"template {grp} has no reference prompts to resample from")
+            pick[i] = of[torch.randint(0, len(of), (1,), generator=g)]
+        return z[pick]
     if groups is None:
         return z.mean(0, keepdim=True).expand(tokens.shape[0], *z.shape[1:])
-    reference_groups = groups if reference_groups is None else reference_groups
     out = torch.empty(tokens.shape[0], *z.shape[1:], dtype=z.dtype)
     for g in groups.unique().tolist():
         of = reference_groups == g

@@ -7,6 +7,7 @@ as `circuitlab.load_model` returns it): both are HookedRootModules with Transfor
 Batching: a patch is a boolean mask over one example's activation at a hook ("take this head's output from the
 source run"). `run_patches` runs k patches at once: the target prompts repeated k times, copy i patched with mask i,
 so patching every head of a layer is one forward pass (in chunks that bound the logits' memory), not one per head.
+A mask may also be given per prompt ([k, batch, ...]: a receiver's query at each prompt's own END position).
 """
 
 from __future__ import annotations
@@ -69,17 +70,26 @@ def final_ln(model) -> tuple[Tensor | None, Tensor | None, bool]:
     return w, b, not str(kind).startswith("RMS")
 
 
+def at_positions(x: Tensor, position: int | Tensor) -> Tensor:
+    """x[:, position] for one position, or x[i, position[i % len(position)]] for one position per prompt (prompts of
+    different lengths, padded on the right; the batch may hold several copies of the prompts)."""
+    if isinstance(position, int):
+        return x[:, position]
+    idx = position.to(x.device).repeat(x.shape[0] // len(position))
+    return x[torch.arange(x.shape[0], device=x.device), idx]
+
+
 @dataclass
 class LogitDiff:
-    """The metric of Wang et al. 2022: logit(answer) - logit(wrong) at `position` (default the last), per prompt.
-    answer, wrong: [batch] token ids."""
+    """The metric of Wang et al. 2022: logit(answer) - logit(wrong) at `position` (default the last; or a [batch]
+    tensor, one position per prompt), per prompt. answer, wrong: [batch] token ids."""
 
     answer: Tensor
     wrong: Tensor
-    position: int = -1
+    position: int | Tensor = -1
 
     def __call__(self, logits: Tensor) -> Tensor:
-        return self.at_position(logits[:, self.position])
+        return self.at_position(at_positions(logits, self.position))
 
     def at_position(self, last: Tensor) -> Tensor:
         """The metric from the logits at `position` only ([batch, d_vocab]): `run_patches` then stops the forward
@@ -156,7 +166,7 @@ def _readout(model, position: int):
     got: list[Tensor] = []
 
     def hook(x, hook):
-        x = x[:, position]
+        x = at_positions(x, position)
         if w is not None:
             x = x * w.detach()
         if b is not None:
@@ -178,7 +188,8 @@ _NO_EXPAND: weakref.WeakSet = weakref.WeakSet()  # models whose forward pass can
 def run_patches(model, tokens: Tensor, metric: Metric, patches: dict[str, tuple[Tensor, Tensor]],
                 extra_hooks: Callable[[int], list] | None = None, expand: bool = True) -> Tensor:
     """The mean metric over the prompts for each of k patches. patches: hook name -> (source [batch, ...], masks
-    [k, ...]): in copy i, the activation at that hook takes the source's values where masks[i] is True. Returns [k].
+    [k, ...], or [k, batch, ...] for one mask per prompt): in copy i, the activation at that hook takes the source's
+    values where masks[i] is True. Returns [k].
     extra_hooks(rows): more (name, fn) hooks for a chunk of `rows` copies (path patching's frozen heads).
     A metric with `at_position` (LogitDiff) is computed from the logits at its position alone (`_readout`).
     expand: the layers before the first patched one are the same in every copy, so they run once on the prompts
@@ -198,7 +209,8 @@ def run_patches(model, tokens: Tensor, metric: Metric, patches: dict[str, tuple[
         def make(source: Tensor, masks: Tensor):
             def hook(act, hook):
                 a = act.reshape(n, B, *act.shape[1:])
-                m = masks[i:j].to(act.device)[:, None]
+                m = masks[i:j].to(act.device)
+                m = m[:, None] if m.ndim == a.ndim - 1 else m  # one mask per copy, or per copy and prompt
                 return torch.where(m, source.to(act.dtype)[None] if source.shape[0] == B else
                                    source.reshape(n, B, *act.shape[1:]), a).reshape(act.shape)
             return hook
