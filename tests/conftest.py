@@ -55,3 +55,27 @@ def tiny_gpt2(tmp_path_factory):
     GPT2TokenizerFast(tokenizer_file=str(d / "tokenizer.json"), bos_token="<|endoftext|>", eos_token="<|endoftext|>",
                       unk_token="<|endoftext|>").save_pretrained(d)
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_ioi(tmp_path_factory):
+    """A random 2-layer GPT-2 whose byte-level BPE tokenizer makes the IOI names, places and objects single tokens."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    from circuitlab.data.ioi import BABA_TEMPLATES, NAMES, OBJECTS, PLACES
+
+    d = tmp_path_factory.mktemp("tiny-gpt2-ioi")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=4, n_embd=32, n_positions=64, vocab_size=1024, bos_token_id=0,
+                                   eos_token_id=0)).save_pretrained(d)
+    text = [t.replace("[A]", a).replace("[B]", b).replace("[PLACE]", p).replace("[OBJECT]", o)
+            for t in BABA_TEMPLATES for a, b, p, o in zip(NAMES, NAMES[1:] + NAMES[:1], PLACES * 13, OBJECTS * 13)]
+    tok = ByteLevelBPETokenizer()
+    tok.train_from_iterator(text * 3, vocab_size=1024, min_frequency=1, special_tokens=["<|endoftext|>"])
+    tok.save(str(d / "tokenizer.json"))
+    GPT2TokenizerFast(tokenizer_file=str(d / "tokenizer.json"), bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                      unk_token="<|endoftext|>").save_pretrained(d)
+    return d

@@ -125,29 +125,6 @@ def test_models_that_do_not_do_ioi_reproduce_nothing():
     assert r.behaviour.logit_diff < 0
 
 
-@pytest.fixture(scope="module")
-def tiny_gpt2_ioi(tmp_path_factory):
-    """A random 2-layer GPT-2 whose byte-level BPE tokenizer makes the IOI names, places and objects single tokens."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
-
-    from circuitlab.data.ioi import BABA_TEMPLATES, NAMES, OBJECTS, PLACES
-
-    d = tmp_path_factory.mktemp("tiny-gpt2-ioi")
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=4, n_embd=32, n_positions=64, vocab_size=1024, bos_token_id=0,
-                                   eos_token_id=0)).save_pretrained(d)
-    text = [t.replace("[A]", a).replace("[B]", b).replace("[PLACE]", p).replace("[OBJECT]", o)
-            for t in BABA_TEMPLATES for a, b, p, o in zip(NAMES, NAMES[1:] + NAMES[:1], PLACES * 13, OBJECTS * 13)]
-    tok = ByteLevelBPETokenizer()
-    tok.train_from_iterator(text * 3, vocab_size=1024, min_frequency=1, special_tokens=["<|endoftext|>"])
-    tok.save(str(d / "tokenizer.json"))
-    GPT2TokenizerFast(tokenizer_file=str(d / "tokenizer.json"), bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-                      unk_token="<|endoftext|>").save_pretrained(d)
-    return d
-
-
 def test_the_gpt2_path_runs_end_to_end_offline_on_a_tiny_random_gpt2(tiny_gpt2_ioi, tmp_path, monkeypatch):
     from circuitlab.experiments.ioi import PRESETS, IOIResults, run_ioi_experiment
     from circuitlab.experiments.ioi.report import ioi_figures

@@ -18,6 +18,7 @@ from circuitlab.model import ModelConfig
 from circuitlab.report.page import script_json
 from circuitlab.training import TrainConfig, train
 from circuitlab.training.presets import ExperimentPreset
+from tests.planted_ioi import planted_ioi_model, word_tokenizer
 from tests.test_induction_experiment import TINY
 
 EVIL = ["<script>window.__pwned = 1</script>", "</div></section><h1>injected", "<img src=x onerror=\"window.__pwned=2\">"]
@@ -40,6 +41,15 @@ def results_dir(small_corpus_dir, tmp_path_factory):
     FrameworkResults("framework", "tiny", {}, framework_claims(analyses)).save(out / "circuits" / "results.json")
     run_grokking_experiment(grokking_preset("paper", p=13, epochs=60, checkpoint_every=20, log_every=10, d_model=32,
                                             d_mlp=64, n_heads=2, d_head=16), out / "grokking", progress=False)
+    from circuitlab.experiments.ioi import analyze_ioi, ioi_claims
+
+    tok = word_tokenizer()
+    ioi = analyze_ioi(planted_ioi_model(tok), tok, EVIL[0], [EVIL[2]], {"n_prompts": 16, "n_exact": 8, "n_eval": 8,
+                                                                     "top": 8, "seed": 0},
+                      bos=tok.token_to_id("[BOS]"), pad=tok.token_to_id("[PAD]"))
+    ioi.claims = ioi_claims(ioi)
+    ioi.vocabulary["example"] = EVIL[1]
+    ioi.save(out / "ioi" / "results.json")
     # plant hostile strings where corpus text is shown
     ind = json.loads((out / "induction" / "results.json").read_text())
     ind["attention_viewer"][0]["tokens"][1:4] = EVIL
@@ -67,7 +77,7 @@ def test_report_is_self_contained_and_escapes_corpus_strings(results_dir):
     for sid in ("claims", "circuits-bigram", "circuits-copying", "circuits-skip-trigrams", "circuits-composition",
                 "circuits-heads", "circuits-terms", "attention-viewer", "induction-phase", "induction-position",
                 "induction-pca", "induction-ablation", "induction-behaviours", "grokking-curves", "grokking-measures",
-                "grokking-fourier", "grokking-ablation"):
+                "grokking-fourier", "grokking-ablation", "ioi-behaviour", "ioi-circuit", "ioi-evaluation"):
         assert f'id="{sid}"' in text, sid
     # every claim links to a section that exists
     for target in set(re.findall(r'<a href="#([^"]+)">', text)):
@@ -145,8 +155,8 @@ def test_report_in_headless_chromium(results_dir, tmp_path):
         driver.quit()
 
 
-def test_reproduce_runs_every_stage_then_reuses_them(small_corpus_dir, tmp_path, monkeypatch):
-    from circuitlab.experiments import framework, grokking, induction, reproduce
+def test_reproduce_runs_every_stage_then_reuses_them(small_corpus_dir, tiny_gpt2_ioi, tmp_path, monkeypatch):
+    from circuitlab.experiments import framework, grokking, induction, ioi, reproduce
     from circuitlab.experiments.framework.results import ModelAnalysis
 
     monkeypatch.setitem(induction.PRESETS, "tiny", TINY)
@@ -155,13 +165,17 @@ def test_reproduce_runs_every_stage_then_reuses_them(small_corpus_dir, tmp_path,
                                                                   d_head=16))
     zero = framework.PRESETS["quick"].models["attn0"].but(train={"max_tokens": 8_000})
     monkeypatch.setitem(framework.PRESETS, "tiny", ExperimentPreset("tiny", {"attn0": zero}))
+    monkeypatch.setitem(ioi.PRESETS, "tiny", ExperimentPreset("tiny", settings={"n_prompts": 8, "n_exact": 4,
+                                                                                "n_eval": 4, "top": 2, "seed": 0}))
     monkeypatch.setitem(reproduce.PRESETS, "tiny", ExperimentPreset(
-        "tiny", settings={"induction": "tiny", "framework": "tiny", "grokking": "tiny"}))
+        "tiny", settings={"induction": "tiny", "framework": "tiny", "grokking": "tiny", "ioi": "tiny",
+                          "ioi_model": str(tiny_gpt2_ioi)}))
     out, corpus = tmp_path / "r", {"text": str(small_corpus_dir)}
     lines: list[str] = []
     first = reproduce.reproduce("tiny", out, progress=False, log=lines.append, corpus=corpus)
-    assert [s.status for s in first.values()] == ["ran"] * 4
-    assert len(lines) == 4 and lines[0].startswith("[1/4] induction")
+    assert [s.status for s in first.values()] == ["ran"] * 5
+    assert [line for line in lines if line.startswith("[")][0].startswith("[1/5] induction")
+    assert sum(line.startswith("[") for line in lines) == 5
     assert (out / "report.html").exists()
     for n in ("attn0", "attn1", "attn2"):
         assert ModelAnalysis.load(out / "circuits" / n / "analysis.json").model["n_layers"] == int(n[-1])
@@ -169,7 +183,7 @@ def test_reproduce_runs_every_stage_then_reuses_them(small_corpus_dir, tmp_path,
     ckpts = out / "circuits" / "attn0" / "run" / "checkpoints"
     mtimes = {p.name: p.stat().st_mtime_ns for p in ckpts.iterdir()}
     second = reproduce.reproduce("tiny", out, progress=False, log=lines.append, corpus=corpus)
-    assert [s.status for s in second.values()] == ["reused"] * 3 + ["ran"]
+    assert [s.status for s in second.values()] == ["reused"] * 4 + ["ran"]
     assert {p.name: p.stat().st_mtime_ns for p in ckpts.iterdir()} == mtimes
     assert {k: v.claims for k, v in second.items()} == {k: v.claims for k, v in first.items()}
     with pytest.raises(Exception, match="unknown preset"):

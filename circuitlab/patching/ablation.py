@@ -26,8 +26,10 @@ KINDS = ("zero", "mean", "resample")
 
 
 def replacement(model, tokens: Tensor, layer: int, kind: str, reference: Tensor | None = None,
-                groups: Tensor | None = None, reference_groups: Tensor | None = None, seed: int = 0) -> Tensor:
-    """What a layer's z becomes under the ablation, for each prompt: [batch, pos, head, d_head]."""
+                groups: Tensor | None = None, reference_groups: Tensor | None = None, seed: int = 0,
+                z: Tensor | None = None) -> Tensor:
+    """What a layer's z becomes under the ablation, for each prompt: [batch, pos, head, d_head]. z: the layer's z
+    on the reference prompts where already cached."""
     if kind not in KINDS:
         raise CircuitlabError(f"ablation must be one of {', '.join(KINDS)}, not {kind!r}")
     name = hook_name("z", layer)
@@ -35,9 +37,10 @@ def replacement(model, tokens: Tensor, layer: int, kind: str, reference: Tensor 
     if reference.shape[1] != tokens.shape[1]:
         raise CircuitlabError(f"reference prompts have {reference.shape[1]} positions and the prompts "
                               f"{tokens.shape[1]}: mean and resample ablation need the same positions")
-    z = cache_sites(model, reference, [name])[name]
     if kind == "zero":
-        return torch.zeros(tokens.shape[0], *z.shape[1:], dtype=z.dtype)
+        shape = z.shape[1:] if z is not None else (tokens.shape[1], int(model.cfg.n_heads), int(model.cfg.d_head))
+        return torch.zeros(tokens.shape[0], *shape)
+    z = cache_sites(model, reference, [name])[name] if z is None else z
     reference_groups = groups if reference_groups is None else reference_groups
     if kind == "resample":
         g = torch.Generator().manual_seed(seed)

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from circuitlab.heads import Head
 from circuitlab.patching.ablation import replacement
-from circuitlab.patching.common import Metric, dims, hook_name, run_patches
+from circuitlab.patching.common import Metric, cache_sites, dims, hook_name, run_patches
 from circuitlab.results import Result
 
 
@@ -35,14 +35,21 @@ class Knockout:
         self.model, self.tokens, self.metric, self.kind = model, tokens, metric, kind
         L, self.H = dims(model)
         self.all = frozenset(Head(layer, h) for layer in range(L) for h in range(self.H))
-        self.sources = {hook_name("z", layer): replacement(model, tokens, layer, kind, **kw) for layer in range(L)}
-        self.calls = 0
+        names = [hook_name("z", layer) for layer in range(L)]
+        z = {} if kind == "zero" else cache_sites(model, kw.get("reference", tokens), names)  # one pass, every layer
+        self.sources = {n: replacement(model, tokens, layer, kind, z=z.get(n), **kw) for layer, n in enumerate(names)}
+        self.calls = 0  # sets evaluated (each once: values are remembered)
+        self._known: dict[frozenset, float] = {}
 
     def __call__(self, kept: list) -> Tensor:
         """[len(kept)]: the mean metric with every head outside each set knocked out."""
         kept = [frozenset(Head(*h) for h in x) for x in kept]
-        if not kept:
-            return torch.zeros(0)
+        new = list(dict.fromkeys(x for x in kept if x not in self._known))
+        if new:
+            self._known.update(zip(new, self._evaluate(new).tolist()))
+        return torch.tensor([self._known[x] for x in kept])
+
+    def _evaluate(self, kept: list[frozenset]) -> Tensor:
         patches = {}
         for name, src in self.sources.items():
             layer = int(name.split(".")[1])

@@ -216,6 +216,7 @@ def analyze_ioi(model, tokenizer, label: str, about: list[str], settings: dict, 
                                      if not receivers else f"the {receivers_class} heads are in layer 0"))
         found = classify(steps, attention, uniform)
         lap(f"path patching: {name}")
+    log("  classes: " + "; ".join(f"{c} {', '.join(map(str, v)) or '-'}" for c, v in found.items()))
     copy = {}
     for h in found["name mover"]:
         copy[str(h)] = copy_score(model, exact, h, 1.0)

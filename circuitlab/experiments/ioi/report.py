@@ -11,6 +11,12 @@ COLORS = {"name mover": "#2ca02c", "negative name mover": "#d62728", "S-inhibiti
           "induction": "#1f77b4", "duplicate-token": "#ff7f0e", "previous-token": "#8c564b"}
 
 
+def _head(h) -> tuple[int, int]:
+    """A head as results.json writes it ("L.H")."""
+    layer, head = str(h).split(".")
+    return int(layer), int(head)
+
+
 def _grid(values: list[float], shape: list[int]) -> list[list[float]]:
     L, H = shape
     return [values[layer * H : (layer + 1) * H] for layer in range(L)]
@@ -28,12 +34,12 @@ def ioi_figures(r: dict) -> dict[str, dict]:
         L, H = ex["shape"]
         z = [[None] * H for _ in range(L)]
         for h, e in step["effect"].items():
-            layer, head = map(int, h.split("."))
+            layer, head = _head(h)
             z[layer][head] = 100 * e
         sc = step["screen"]
         est = [[100 * (v - sc["clean"]) / (abs(sc["clean"]) or 1.0) for v in row] for row in _grid(sc["values"], sc["shape"])]
         into = "the logits" if not step["receivers"] else (
-            f"{step['site']} of {', '.join('.'.join(map(str, h)) for h in step['receivers'])} at {step['position']}")
+            f"{step['site']} of {', '.join(map(str, step['receivers']))} at {step['position']}")
         figs[f"step{i}"] = fig([{"type": "heatmap", "z": est, "colorscale": "RdBu", "zmid": 0, "showscale": False,
                                  "opacity": 0.35, "name": "screen", "hovertemplate": "screen %{z:.1f}%<extra>%{y}.%{x}</extra>"},
                                 {"type": "heatmap", "z": z, "colorscale": "RdBu", "zmid": 0, "name": "exact",
@@ -43,18 +49,20 @@ def ioi_figures(r: dict) -> dict[str, dict]:
                                height=max(260, 14 * L + 120), yaxis={"autorange": "reversed"})
     classes = r["classes"]
     figs["circuit"] = fig([{"type": "scatter", "mode": "markers+text", "name": c,
-                            "x": [h[1] for h in heads], "y": [h[0] for h in heads],
-                            "text": [f"{h[0]}.{h[1]}" for h in heads], "textposition": "top center",
+                            "x": [_head(h)[1] for h in heads], "y": [_head(h)[0] for h in heads],
+                            "text": [str(h) for h in heads], "textposition": "top center",
                             "marker": {"size": 14, "color": COLORS.get(c)}}
                            for c, heads in classes.items() if heads],
                           "The circuit: head classes per layer", "head", "layer", height=360,
                           yaxis={"autorange": "reversed"})
     att = r["attention"]
     movers = classes.get("name mover", []) + classes.get("negative name mover", [])
-    names = [f"{h[0]}.{h[1]}" for h in movers]
-    figs["movers"] = fig([{"type": "bar", "name": k, "x": names, "y": [att[k][h[0]][h[1]] for h in movers]}
-                          for k in ("END->IO", "END->S1", "END->S2")],
-                         "Name movers' attention from END", "head", "attention", height=320, barmode="group")
+    names = [str(h) for h in movers]
+    if movers:
+        figs["movers"] = fig([{"type": "bar", "name": k, "x": names,
+                               "y": [att[k][_head(h)[0]][_head(h)[1]] for h in movers]}
+                              for k in ("END->IO", "END->S1", "END->S2")],
+                             "Name movers' attention from END", "head", "attention", height=320, barmode="group")
     return figs
 
 
@@ -70,9 +78,10 @@ def ioi_sections(page: Page, r: dict) -> None:
                  f"{100 * b['io_above_s']:.1f}%, IO probability {100 * b['io_probability']:.1f}%.")
     steps = "".join(page.plot(f"i_step{i}", f[f"step{i}"]) for i in range(len(r["steps"])) if f"step{i}" in f)
     skipped = [s["name"] + ": " + s["exact"]["method"] for s in r["steps"] if s["exact"]["method"].startswith("not run")]
-    rows = [[esc(c), esc(", ".join(f"{h[0]}.{h[1]}" for h in heads) or "—")] for c, heads in r["classes"].items()]
+    rows = [[esc(c), esc(", ".join(map(str, heads)) or "—")] for c, heads in r["classes"].items()]
     page.section("ioi-circuit", "The IOI circuit by path patching",
-                 '<div class="grid">' + steps + page.plot("i_circuit", f["circuit"]) + page.plot("i_movers", f["movers"])
+                 '<div class="grid">' + steps + (page.plot("i_circuit", f["circuit"]) if any(r["classes"].values())
+                                                 else "") + (page.plot("i_movers", f["movers"]) if "movers" in f else "")
                  + "</div>" + table(["class", "heads"], rows),
                  "Path patching backwards from the logits (p_IOI → p_ABC): each step's heat map is the % change in the "
                  "logit difference when a sender's path into the receivers is patched; solid cells are exact, faint "
@@ -82,7 +91,7 @@ def ioi_sections(page: Page, r: dict) -> None:
             ["F(C), the circuit", *(f"{ev['F_C'].get(k, 0):.2f}" for k in ("mean", "resample", "zero"))],
             [f"F of {len(ev['random_heads'])} random heads", *(f"{ev['F_random'].get(k, 0):.2f}"
                                                                for k in ("mean", "resample", "zero"))]]
-    inc = [[esc(x["how"]), esc(", ".join(f"{h[0]}.{h[1]}" for h in x["K"])),
+    inc = [[esc(x["how"]), esc(", ".join(map(str, x["K"]))),
             f"{abs(x['F_C_without_K'] - x['F_M_without_K']):.2f}"] for x in ev["incompleteness"]]
     page.section("ioi-evaluation", "Faithfulness, completeness, minimality",
                  table(["", "mean ablation (p_ABC, per template)", "resample", "zero"], rows)
