@@ -143,8 +143,9 @@ def cache_sites(model, tokens: Tensor, names: list[str]) -> dict[str, Tensor]:
     return out
 
 
-class _Stop(Exception):
-    """Raised by the read-out hook once the final residual stream at the metric's position is read."""
+class Stop(Exception):
+    """Raised by a hook that has read all it needs, to end the forward pass there: the read-out hook once the final
+    residual stream at the metric's position is read, path patching's once the receivers' activations are kept."""
 
 
 def _readout(model, position: int):
@@ -172,7 +173,7 @@ def _readout(model, position: int):
         if b is not None:
             x = x + b.detach()
         got.append(x @ W_U + (b_U.detach() if b_U is not None else 0.0))
-        raise _Stop
+        raise Stop
 
     return name, hook, got
 
@@ -242,12 +243,15 @@ def _forward(model, tokens: Tensor, n: int, hooks: list, metric: Metric, readout
         hooks = [(f"blocks.{grow_at}.hook_resid_pre", lambda x, hook: x.repeat(n, *([1] * (x.ndim - 1))))] + hooks
     with torch.no_grad():
         if readout is None:
-            return metric(model.run_with_hooks(batch, fwd_hooks=hooks))
+            try:
+                return metric(model.run_with_hooks(batch, fwd_hooks=hooks))
+            except Stop:  # a hook has all it needs (path patching's receivers): no metric to measure
+                return torch.zeros(batch.shape[0] * (n if grow_at is not None else 1))
         name, read, got = readout
         got.clear()
         try:
             model.run_with_hooks(batch, fwd_hooks=hooks + [(name, read)])
-        except _Stop:
+        except Stop:
             pass
         if not got:
             raise CircuitlabError(f"the model's forward pass never reached {name}: cannot read its logits")

@@ -24,7 +24,7 @@ from torch import Tensor
 from circuitlab.errors import CircuitlabError
 from circuitlab.heads import Head
 from circuitlab.patching.common import (
-    Metric, PatchingResult, cache_sites, check_pair, dims, hook_name, mean_metric, run_patches,
+    Metric, PatchingResult, Stop, cache_sites, check_pair, dims, hook_name, mean_metric, run_patches,
 )
 
 RECEIVER_SITES = ("q", "k", "v")
@@ -106,13 +106,18 @@ def _path_values(model, orig, new, metric, receivers, receiver_sites, senders: l
         return run_patches(model, orig, metric, freeze)
     names = sorted({hook_name(s, r.layer) for r in receivers for s in receiver_sites})
     kept: dict[str, list[Tensor]] = {n: [] for n in names}
+    seen: set[str] = set()
 
     def keep(act, hook):
         kept[hook.name].append(act.detach().clone())
+        seen.add(hook.name)
+        if seen == set(names):  # every receiver read: the layers after them do not matter here
+            seen.clear()
+            raise Stop
         return act
 
     run_patches(model, orig, lambda logits: torch.zeros(logits.shape[0]), freeze,
-                extra_hooks=lambda rows: [(n, keep) for n in names])
+                extra_hooks=lambda rows: (seen.clear(), [(n, keep) for n in names])[1])
     # step 3: only the receivers' q / k / v from step 2, everything else free
     patches = {}
     for n in names:

@@ -9,7 +9,9 @@ The steps (x_orig = p_IOI, x_new = p_ABC; each screens every head with `path_att
 3. senders -> the S-inhibition heads' values at S2: induction heads (attend S2 -> S1+1 more than S2 -> S1) and
    duplicate-token heads (S2 -> S1).
 4. senders -> the induction heads' keys at S1+1: previous-token heads (S1+1 -> S1).
-A class's attention target must also get ATTENDS times the attention a uniform head would give it. Heads are
+Heads a step selects that fit none of these classes are kept as "other": they are part of the circuit the steps
+found (its faithfulness counts them) without a name from the paper (e.g. a head that attends END -> S2 and writes
+against S straight into the logits). A class's attention target must also get ATTENDS times the attention a uniform head would give it. Heads are
 classified by these steps and scores, never by a list of head numbers.
 """
 
@@ -35,7 +37,8 @@ ATTENDS = 3.0
 # Copy score: the fraction of prompts on which the head's OV output at IO, unembedded, ranks IO in the top 5
 # (the paper: > 95% for name movers; negative name movers: the same for -OV).
 COPY_TOP = 5
-CLASSES = ("name mover", "negative name mover", "S-inhibition", "induction", "duplicate-token", "previous-token")
+CLASSES = ("name mover", "negative name mover", "S-inhibition", "induction", "duplicate-token", "previous-token",
+           "other")
 ATTENTION = ("END->IO", "END->S1", "END->S2", "S2->S1", "S2->S1+1", "S1+1->S1")
 KINDS = ("mean", "resample", "zero")
 
@@ -166,6 +169,8 @@ def classify(steps: list[PathStep], attention: dict[str, torch.Tensor], uniform:
     for h in by.get("induction keys", _none).selected:
         if by["induction keys"].effect[str(h)] < 0 and strong("S1+1->S1", h):
             classes["previous-token"].append(h)
+    named = {h for v in classes.values() for h in v}
+    classes["other"] = sorted({h for s in steps for h in s.selected} - named)
     return {c: sorted(v) for c, v in classes.items()}
 
 

@@ -100,7 +100,7 @@ def ioi_claims(r: "IOIResults") -> list[Claim]:
     claims.append(Claim(PAPER, "Faithfulness: the circuit alone does the task",
                         f"F(C) ≥ {FAITHFUL:.0%} of F(M), above a random set of as many heads (GPT-2: F(C) keeps 87%, "
                         "|F(M) − F(C)| = 0.46; everything outside C mean-ablated over p_ABC per template)",
-                        f"{len(circuit)} heads: F(M) {ev.F_M:.2f}, F(C) {ev.F_C.get('mean', 0.0):.2f} ({share:.0%}); "
+                        f"{len(circuit)} heads ({len(c.get('other', []))} of them unnamed): F(M) {ev.F_M:.2f}, F(C) {ev.F_C.get('mean', 0.0):.2f} ({share:.0%}); "
                         f"random {len(ev.random_heads)} heads {ev.F_random.get('mean', 0.0):.2f}; F(C) with resample "
                         f"ablation {ev.F_C.get('resample', 0.0):.2f}, zero ablation {ev.F_C.get('zero', 0.0):.2f}"
                         + gate, verdict(does and bool(circuit) and share >= FAITHFUL
