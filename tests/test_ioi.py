@@ -181,3 +181,27 @@ def test_cli_ioi_refuses_bad_input_in_one_line(tmp_path):
         assert res.exit_code == 2, res.output
         assert says in res.output and "Traceback" not in res.output
     assert not Path(tmp_path / "o" / "results.json").exists()
+
+
+def test_cli_ioi_over_two_prompt_draws(tiny_gpt2_ioi, tmp_path, monkeypatch):
+    """--seeds: each claim over two draws of prompts (seed 1 under OUT/seeds/1), reusing a finished draw."""
+    from typer.testing import CliRunner
+
+    from circuitlab.cli import app
+    from circuitlab.experiments.ioi import PRESETS
+    from circuitlab.experiments.ioi.results import IOIResults
+    from circuitlab.training.presets import ExperimentPreset
+
+    monkeypatch.setitem(PRESETS, "quick", ExperimentPreset("quick", settings={"n_prompts": 8, "n_exact": 4,
+                                                                              "n_eval": 4, "top": 2, "seed": 0}))
+    args = ["experiment", "ioi", "--model", str(tiny_gpt2_ioi), "--out", str(tmp_path / "o"), "--seeds", "2"]
+    res = CliRunner().invoke(app, args, env={"HF_HUB_OFFLINE": "1"})
+    assert res.exit_code == 0, res.output
+    seeds = json.loads((tmp_path / "o" / "seeds.json").read_text())
+    assert seeds["seeds"] == [0, 1] and all(len(c["verdicts"]) == 2 for c in seeds["claims"])
+    first, second = (IOIResults.load(tmp_path / "o" / p / "results.json") for p in (".", "seeds/1"))
+    assert first.settings["seed"] == 0 and second.settings["seed"] == 1
+    assert first.vocabulary["example"] != second.vocabulary["example"]  # another draw of prompts
+    mtime = (tmp_path / "o" / "results.json").stat().st_mtime_ns
+    assert CliRunner().invoke(app, args, env={"HF_HUB_OFFLINE": "1"}).exit_code == 0
+    assert (tmp_path / "o" / "results.json").stat().st_mtime_ns == mtime  # reused
