@@ -205,3 +205,43 @@ def test_cli_ioi_over_two_prompt_draws(tiny_gpt2_ioi, tmp_path, monkeypatch):
     mtime = (tmp_path / "o" / "results.json").stat().st_mtime_ns
     assert CliRunner().invoke(app, args, env={"HF_HUB_OFFLINE": "1"}).exit_code == 0
     assert (tmp_path / "o" / "results.json").stat().st_mtime_ns == mtime  # reused
+
+
+def test_each_claim_flips_when_its_own_evidence_goes(planted):
+    """Negative controls of each claim's criterion on the planted results: the corruption leaves the preference,
+    a class is empty, or its heads do not copy."""
+    _, _, r = planted
+    b = json.loads(json.dumps(r.behaviour.to_json()))
+    from circuitlab.experiments.ioi.results import Behaviour
+
+    leaky = Behaviour.from_json(b | {"corrupted_logit_diff": 0.9 * r.behaviour.logit_diff})
+    assert _verdicts(IOIResults_copy(r, behaviour=leaky))["p_ABC (three unrelated names) removes the preference "
+                                                           "for IO"] == "not reproduced"
+    claim_of = {"name mover": "Name movers", "negative name mover": "Negative name movers",
+                "S-inhibition": "S-inhibition heads", "induction": "Induction and duplicate-token",
+                "duplicate-token": "Induction and duplicate-token", "previous-token": "Previous-token heads"}
+    for cls, start in claim_of.items():
+        v = _verdicts(IOIResults_copy(r, classes={**r.classes, cls: []}))
+        assert [x for c, x in v.items() if c.startswith(start)] == ["not reproduced"], cls
+    no_copy = {h: 0.2 for h in r.copy}
+    v = _verdicts(IOIResults_copy(r, copy=no_copy))
+    assert v["Negative name movers attend to IO and write against it"] == "not reproduced"
+    assert [x for c, x in v.items() if c.startswith("Name movers")] == ["not reproduced"]
+
+
+def test_a_circuit_with_a_decoy_is_not_minimal(planted):
+    from circuitlab.experiments.ioi import analysis
+    from circuitlab.patching.circuit import Knockout, evaluate_circuit
+    from circuitlab.patching.common import LogitDiff
+
+    tok, model, r = planted
+    data = analysis.ioi_dataset(analysis.encoder(tok), analysis.vocabulary(analysis.n_tokens(tok)), 12, 0,
+                                tok.token_to_id("[BOS]"), tok.token_to_id("[PAD]"))
+    k = Knockout(model, data.tokens, LogitDiff(data.io, data.s, data.end_pos), "mean", reference=data.abc_tokens,
+                 groups=data.groups)
+    padded = {c: h for c, h in PLANTED.items() if h} | {"other": [Head(0, 2)]}
+    ev = evaluate_circuit({"mean": k, "resample": k, "zero": k}, [h for hs in padded.values() for h in hs], padded)
+    assert ev.minimality["0.2"] < 1e-4
+    v = _verdicts(IOIResults_copy(r, evaluation=ev, classes=padded))
+    assert v["Minimality: every head of the circuit matters for some K"] == "not reproduced"
+    assert v["Faithfulness: the circuit alone does the task"] == "reproduced"

@@ -10,7 +10,7 @@ over a reference distribution, per template, as the paper does with p_ABC; `abla
   whole class of the circuit, or chosen greedily to make it large;
 - minimality:     |F(C \\ (K + {v})) - F(C \\ K)| for each v in C and some K (large: v matters).
 
-`knockout` evaluates many sets at once (one batched pass, `common.run_patches`).
+`Knockout` evaluates many sets at once (one batched pass, `common.run_patches`), each set once.
 """
 
 from __future__ import annotations
