@@ -141,7 +141,10 @@ def train(
     for flag, value in (("--max-steps", max_steps), ("--max-tokens", max_tokens)):
         if value is not None and value < 1:  # 0 would mean "derive from the other" and start the preset's budget
             raise CircuitlabError(f"{flag} must be at least 1 (got {value})")
-    if resume and (out / "run.json").exists():
+    if resume and not (out / "run.json").exists():
+        raise CircuitlabError(f"--resume: {out} holds no run (no run.json): check --out, or drop --resume to start a "
+                              "new run there")
+    if resume:
         run = Run.open(out)
         model_cfg, train_cfg = run.with_flags(model_flags, train_flags)  # `train` refuses changed settings
         if not (text or hf_dataset):

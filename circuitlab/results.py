@@ -44,6 +44,12 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
+def temporaries(folder: Path) -> list[Path]:
+    """Temporary files `atomic_write` left in `folder` (NAME.XXXXXXXX.tmp) when a process was killed mid-write."""
+    folder = Path(folder)
+    return sorted(p for p in folder.glob("*.*.tmp") if p.is_file()) if folder.is_dir() else []
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 

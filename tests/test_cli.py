@@ -179,3 +179,47 @@ def test_file_system_refusals_are_one_line(small_corpus_dir, tmp_path):
     for flags, message in ((["--p", "2"], "prime >= 5"), (["--frac", "0.00001"], "leaves 0 for training")):
         r = runner.invoke(app, ["experiment", "grokking", "--preset", "quick", *flags, "--out", str(tmp_path / "g")])
         assert message in error_line(r) and not (tmp_path / "g").exists()
+
+
+def test_relative_text_is_recorded_absolute_resume_of_a_mistyped_out_is_refused_and_orphans_are_cleaned(
+        small_corpus_dir, tmp_path, monkeypatch):
+    """Issue 15, item 11: a relative --text recorded as given broke `analyze` from another folder (and an old run
+    recorded that way still resumes); `--resume` with a mistyped --out started a new run; a killed writer's
+    temporary files were never removed."""
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(small_corpus_dir, work / "texts")
+    monkeypatch.chdir(work)
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["train", "--preset", "attn1", "--text", "texts", "--out", str(out), "--max-steps", "3",
+                            *TINY])
+    assert r.exit_code == 0, r.output
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["data"]["corpus"] == f"text:{work / 'texts'}"
+    monkeypatch.chdir(tmp_path)  # elsewhere: the recorded corpus still names the same files
+    (out / "checkpoints" / "step-000000009.safetensors.x1y2z3.tmp").write_bytes(b"half a checkpoint")
+    (out / "metrics.jsonl.a1b2c3.tmp").write_text("half a row")
+    r = runner.invoke(app, ["train", "--resume", "--out", str(out), "--max-steps", "6", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert not list(out.rglob("*.tmp"))
+    # a run recorded before specs were absolute resumes from the folder it was started in
+    for key in ("data", "task"):
+        if isinstance(meta.get(key), dict) and "corpus" in meta[key]:
+            meta[key]["corpus"] = "text:texts"
+    (out / "run.json").write_text(json.dumps(meta))
+    monkeypatch.chdir(work)
+    r = runner.invoke(app, ["train", "--resume", "--out", str(out), "--max-steps", "9", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert circuitlab.load_run(out).metrics[-1]["step"] == 9
+    # --resume into a folder with no run is refused, and creates nothing
+    line = error_line(runner.invoke(app, ["train", "--resume", "--out", str(tmp_path / "rnu"), "--quiet"]))
+    assert "holds no run" in line and not (tmp_path / "rnu").exists()
+    # a new run starts in a folder that holds only a killed writer's temporary file
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "run.json.q9w8e7.tmp").write_text("{")
+    r = runner.invoke(app, ["train", "--preset", "attn1", "--text", str(work / "texts"), "--out", str(fresh),
+                            "--max-steps", "2", *TINY])
+    assert r.exit_code == 0, r.output
+    assert not list(fresh.glob("*.tmp"))

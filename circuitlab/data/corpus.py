@@ -127,10 +127,19 @@ def _unique(paths) -> list[Path]:
     return sorted(seen.values())
 
 
+def absolute_spec(spec: str) -> str:
+    """A corpus spec with a --text path or glob made absolute (from the current directory), so a run's recorded
+    corpus means the same files from anywhere; other specs as they are."""
+    kind, _, rest = spec.partition(":")
+    return f"text:{os.path.abspath(os.path.expanduser(rest))}" if kind == "text" and rest else spec
+
+
 def text_corpus(pattern: str) -> Corpus:
-    """A user's text files: a file, a directory (all files under it) or a glob. Directory symlinks are not
-    followed and a file reached by several paths counts once."""
-    p = Path(pattern).expanduser()
+    """A user's text files: a file, a directory (all files under it) or a glob, recorded as an absolute path (a
+    relative one is taken from the current directory). Directory symlinks are not followed and a file reached by
+    several paths counts once."""
+    pattern = absolute_spec(f"text:{pattern}")[len("text:"):]
+    p = Path(pattern)
     if p.is_dir():
         paths = _unique(q for q in p.rglob("*") if q.is_file())
     elif p.is_file():

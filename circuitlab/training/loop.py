@@ -24,7 +24,7 @@ import torch
 from circuitlab.data.tokens import TokenData
 from circuitlab.errors import CircuitlabError
 from circuitlab.model import ModelConfig, Transformer
-from circuitlab.results import atomic_write_text
+from circuitlab.results import atomic_write_text, temporaries
 from circuitlab.training.checkpoints import (
     checkpoint_path, list_checkpoints, load_checkpoint, load_optimizer, optimizer_step, save_checkpoint, save_optimizer,
 )
@@ -163,11 +163,15 @@ def train(
         raise CircuitlabError(f"--out {out} is a file, not a folder: choose a folder for the run")
     if not resume and (out / "run.json").exists():  # said before taking the lock, which would create the folder
         raise CircuitlabError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
-    if not (out / "run.json").exists() and out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
+    orphans = set(temporaries(out))
+    if not (out / "run.json").exists() and out.exists() and \
+            any(p.name != LOCK_NAME and p not in orphans for p in out.iterdir()):
         raise CircuitlabError(f"{out} exists and is not empty but holds no run: choose an empty or new --out")
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         with run_lock(out):  # one writer per run directory, for the whole run
+            for tmp in temporaries(out) + temporaries(out / "checkpoints"):  # left by a killed writer
+                tmp.unlink(missing_ok=True)
             return _train(model_cfg, train_cfg, task, out, resume, callbacks, progress, stop_at)
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
