@@ -223,3 +223,17 @@ def test_relative_text_is_recorded_absolute_resume_of_a_mistyped_out_is_refused_
                             "--max-steps", "2", *TINY])
     assert r.exit_code == 0, r.output
     assert not list(fresh.glob("*.tmp"))
+
+
+def test_resume_without_tokenizer_json_is_refused(small_corpus_dir, tmp_path):
+    """Issue 15, item 11: a missing tokenizer.json made resume skip the check that the corpus is unchanged."""
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["train", "--preset", "attn1", "--text", str(small_corpus_dir), "--out", str(out),
+                            "--max-steps", "3", *TINY])
+    assert r.exit_code == 0, r.output
+    (out / "tokenizer.json").unlink()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    line = error_line(runner.invoke(app, ["train", "--resume", "--out", str(out), "--max-steps", "6", "--quiet"]))
+    assert "tokenizer.json is missing" in line
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"} == \
+        {p: b for p, b in before.items() if p.name != ".lock"}

@@ -132,6 +132,9 @@ class LanguageModelTask(Task):
         self.data.tokenizer.save(str(out / "tokenizer.json"))
 
     def check_resume(self, run) -> None:
+        if run.checkpoints and run.tokenizer is None:  # without it a changed corpus would go unnoticed
+            raise CircuitlabError(f"cannot resume {run.path}: its tokenizer.json is missing, so the corpus cannot be "
+                                  "checked against the one it was trained on; restore the file or use another --out")
         if run.tokenizer is not None and run.tokenizer.to_str() != self.data.tokenizer.to_str():
             raise CircuitlabError(f"cannot resume {run.path}: the corpus or tokenizer changed since it was trained; "
                                   "use the same corpus or another --out")
