@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from circuitlab.data.corpus import absolute_spec
 from circuitlab.data.modular import modular_addition
 from circuitlab.data.synthetic import SequenceTask
 from circuitlab.data.tokens import TokenData
@@ -79,9 +78,7 @@ class Task:
 
     def check_resume(self, run) -> None:
         """Raise when the run in `out` was trained on other data than this task's."""
-        saved = dict(run.task or {})
-        if "corpus" in saved:  # runs from before specs were absolute recorded a relative --text as given
-            saved["corpus"] = absolute_spec(saved["corpus"])
+        saved = run.task
         if saved and saved != self.spec():
             diff = {k: (saved.get(k), v) for k, v in self.spec().items() if saved.get(k) != v}
             raise CircuitlabError(f"cannot resume {run.path}: its task differs ({diff}); use the same data or "
