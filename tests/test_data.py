@@ -167,3 +167,17 @@ def test_ioi_prompts_follow_the_papers_templates_and_corruption():
         assert len(encode(q.text)) == len(encode(p.text)) and q.template == p.template
     with pytest.raises(CircuitlabError, match="too few"):
         vocabulary(lambda text: 2)
+
+
+def test_a_split_that_holds_out_far_more_than_asked_is_said(tmp_path, caplog):
+    """Issue 15, item 11: split by document, two equal files hold out half the tokens (asked: 2%)."""
+    import logging
+
+    from circuitlab.data import prepare_tokens, text_corpus
+
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / name).write_text(" ".join(f"w{i % 50}" for i in range(4000)))
+    with caplog.at_level(logging.WARNING):
+        data = prepare_tokens(text_corpus(str(tmp_path)), 280, 0.02, cache=tmp_path / "cache")
+    assert data.info["heldout_tokens"] > 0.3 * (data.info["train_tokens"] + data.info["heldout_tokens"])
+    assert any("of the tokens are held out (asked for 2%)" in r.getMessage() for r in caplog.records)

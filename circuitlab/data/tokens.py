@@ -101,6 +101,11 @@ def _atomic_dir(final: Path, write) -> None:
         raise
 
 
+# A held-out split over 10% of the tokens (or 3x the fraction asked for) is said: with few documents, splitting by
+# document can hold out far more than asked (one large file of two is half the tokens).
+HELDOUT_WARN = 0.1
+
+
 def prepare_tokens(corpus: Corpus, d_vocab: int, heldout_fraction: float = 0.02, cache: Path | None = None) -> TokenData:
     """Train (or reuse) the tokenizer on the training documents and encode (or reuse) both splits."""
     cache = cache or cache_root()
@@ -132,4 +137,9 @@ def prepare_tokens(corpus: Corpus, d_vocab: int, heldout_fraction: float = 0.02,
     val = np.load(tokens_dir / "val.npy", mmap_mode="r")
     info = dict(base, train_tokens=int(train.size), heldout_tokens=int(val.size), d_vocab=tok.get_vocab_size(),
                 token_cache=str(tokens_dir))
+    share = val.size / max(1, train.size + val.size)
+    if share > max(HELDOUT_WARN, 3 * heldout_fraction):
+        log.warning("%s: %.0f%% of the tokens are held out (asked for %.0f%%): the split is by document and the corpus "
+                    "has %d; more, smaller files give a split closer to the fraction", corpus.spec, 100 * share,
+                    100 * heldout_fraction, len(corpus.documents))
     return TokenData(tok, train, val, info)
