@@ -20,7 +20,8 @@ from circuitlab.model import ModelConfig, Transformer
 from tests.planted_ioi import SCALE, planted_ioi_model, planted_logit_diff, word_tokenizer
 
 SETTINGS = {"n_prompts": 40, "n_exact": 20, "n_eval": 20, "top": 12, "seed": 0}
-PLANTED = {"name mover": [Head(3, 0)], "negative name mover": [Head(3, 1)], "S-inhibition": [Head(2, 0)],
+PLANTED = {"name mover": [Head(3, 0)], "negative name mover": [Head(3, 1)], "backup name mover": [],
+           "S-inhibition": [Head(2, 0)],
            "induction": [Head(1, 0)], "duplicate-token": [Head(0, 1)], "previous-token": [Head(0, 0)], "other": []}
 
 

@@ -9,6 +9,9 @@ The steps (x_orig = p_IOI, x_new = p_ABC; each screens every head with `path_att
 3. senders -> the S-inhibition heads' values at S2: induction heads (attend S2 -> S1+1 more than S2 -> S1) and
    duplicate-token heads (S2 -> S1).
 4. senders -> the induction heads' keys at S1+1: previous-token heads (S1+1 -> S1).
+Backup name movers (section 3.4): with the name movers knocked out (mean over p_ABC per template), the heads whose
+direct logit attribution at END rises by at least SELECT of the clean logit difference and that then attend END -> IO
+more than END -> S1 + S2.
 Heads a step selects that fit none of these classes are kept as "other": they are part of the circuit the steps
 found (its faithfulness counts them) without a name from the paper (e.g. a head that attends END -> S2 and writes
 against S straight into the logits). A class's attention target must also get ATTENDS times the attention a uniform head would give it. Heads are
@@ -25,8 +28,9 @@ import torch
 from circuitlab.data.ioi import IOIDataset, ioi_dataset, vocabulary
 from circuitlab.experiments.ioi.results import Behaviour, IOIResults, PathStep
 from circuitlab.heads import Head
+from circuitlab.patching.ablation import replacement
 from circuitlab.patching.circuit import Knockout, evaluate_circuit
-from circuitlab.patching.common import LogitDiff, PatchingResult, dims
+from circuitlab.patching.common import LogitDiff, PatchingResult, dims, final_ln, hook_name
 from circuitlab.patching.path import path_attribution, path_patch
 
 # A head joins a step's set when patching its path moves the logit difference by at least 5% of the clean value
@@ -37,8 +41,8 @@ ATTENDS = 3.0
 # Copy score: the fraction of prompts on which the head's OV output at IO, unembedded, ranks IO in the top 5
 # (the paper: > 95% for name movers; negative name movers: the same for -OV).
 COPY_TOP = 5
-CLASSES = ("name mover", "negative name mover", "S-inhibition", "induction", "duplicate-token", "previous-token",
-           "other")
+CLASSES = ("name mover", "negative name mover", "backup name mover", "S-inhibition", "induction", "duplicate-token",
+           "previous-token", "other")
 ATTENTION = ("END->IO", "END->S1", "END->S2", "S2->S1", "S2->S1+1", "S1+1->S1")
 KINDS = ("mean", "resample", "zero")
 
@@ -107,6 +111,62 @@ def behaviour(model, data: IOIDataset) -> Behaviour:
     corrupted = float(ld(model(data.abc_tokens)).mean())
     return Behaviour(len(data), float(per_t.mean()), float(per_t.std()) if len(per_t) > 1 else 0.0,
                      float((per_t > 0).float().mean()), float(prob.mean()), corrupted, per_t.tolist())
+
+
+@torch.no_grad()
+def direct_effects(model, data: IOIDataset, knocked: list[Head] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each head's direct logit attribution to logit(IO) - logit(S) at END ([L, H], mean over prompts: its output
+    z W_O along W_U[:, IO] - W_U[:, S] through the final LayerNorm's scale), and its attention END -> IO minus END ->
+    (S1 + S2) ([L, H]), with the `knocked` heads' outputs replaced by their mean over p_ABC per template."""
+    L, H = dims(model)
+    i = torch.arange(len(data))
+    hooks, zs, pats, scale = [], {}, {}, {}
+    for layer in sorted({h.layer for h in knocked}):
+        rep = replacement(model, data.tokens, layer, "mean", reference=data.abc_tokens, groups=data.groups)
+        heads = [h.head for h in knocked if h.layer == layer]
+
+        def knock(z, hook, rep=rep, heads=heads):
+            z = z.clone()
+            z[:, :, heads] = rep[:, :, heads].to(z.dtype)
+            return z
+        hooks.append((hook_name("z", layer), knock))
+    keep = lambda store: lambda x, hook: store.__setitem__(hook.name, x.detach()) or x  # noqa: E731
+    hooks += [(hook_name("z", layer), keep(zs)) for layer in range(L)]
+    hooks += [(hook_name("pattern", layer), keep(pats)) for layer in range(L)]
+    w, _, centre = final_ln(model)
+    if model.cfg.normalization_type is not None and "ln_final.hook_scale" in model.hook_dict:
+        hooks.append(("ln_final.hook_scale", keep(scale)))
+    model.run_with_hooks(data.tokens, fwd_hooks=hooks)
+    s = scale["ln_final.hook_scale"][i, data.end_pos] if scale else torch.ones(len(data), 1)
+    W_U = model.W_U.detach()
+    d = (W_U[:, data.io] - W_U[:, data.s]).T  # [batch, d_model]
+    d = d * w.detach() if w is not None else d
+    W_O = model.W_O.detach()
+    effect, attention = torch.zeros(L, H), torch.zeros(L, H)
+    for layer in range(L):
+        out = torch.einsum("bhe,hed->bhd", zs[hook_name("z", layer)][i, data.end_pos], W_O[layer])
+        if centre:
+            out = out - out.mean(-1, keepdim=True)
+        effect[layer] = (out / s.reshape(-1, 1, 1) * d[:, None]).sum(-1).mean(0)
+        pat = pats[hook_name("pattern", layer)].float()
+        attention[layer] = (pat[i, :, data.end_pos, data.io_pos] - pat[i, :, data.end_pos, data.s1_pos]
+                            - pat[i, :, data.end_pos, data.s2_pos]).mean(0)
+    return effect, attention
+
+
+def backup_name_movers(model, data: IOIDataset, movers: list[Head], clean: float) -> tuple[list[Head], dict]:
+    """Heads that take over when the name movers are knocked out (module docstring), and each head's rise in direct
+    effect {head: rise / clean logit difference} for the report."""
+    if not movers:
+        return [], {}
+    before, _ = direct_effects(model, data)
+    after, attends = direct_effects(model, data, movers)
+    rise = (after - before) / (abs(clean) or 1.0)
+    L, H = dims(model)
+    found = [Head(layer, h) for layer in range(L) for h in range(H)
+             if Head(layer, h) not in movers and rise[layer, h] >= SELECT and attends[layer, h] > 0]
+    return sorted(found), {str(Head(layer, h)): float(rise[layer, h]) for layer in range(L) for h in range(H)
+                           if abs(rise[layer, h]) >= SELECT / 2}
 
 
 def _step(model, data: IOIDataset, exact_data: IOIDataset, name: str, receivers, site: str, position: str,
@@ -221,6 +281,11 @@ def analyze_ioi(model, tokenizer, label: str, about: list[str], settings: dict, 
                                      if not receivers else f"the {receivers_class} heads are in layer 0"))
         found = classify(steps, attention, uniform)
         lap(f"path patching: {name}")
+    backups, backup_rise = backup_name_movers(model, exact, found["name mover"], b.logit_diff)
+    found["backup name mover"] = [h for h in backups if not any(h in v for c, v in found.items()
+                                                                if c not in ("backup name mover", "other"))]
+    found["other"] = [h for h in found["other"] if h not in found["backup name mover"]]
+    lap("backup name movers")
     log("  classes: " + "; ".join(f"{c} {', '.join(map(str, v)) or '-'}" for c, v in found.items()))
     copy = {}
     for h in found["name mover"]:
@@ -250,4 +315,4 @@ def analyze_ioi(model, tokenizer, label: str, about: list[str], settings: dict, 
                     "dropped": vocab.dropped, "example": data.prompts[0].text, "bos": bos is not None},
         behaviour=b, steps=steps, classes=found,
         attention={k: v.tolist() for k, v in attention.items()}, uniform=uniform, copy=copy,
-        evaluation=evaluation, seconds=seconds)
+        backup_rise=backup_rise, evaluation=evaluation, seconds=seconds)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from circuitlab.report.figures import esc, fig
 from circuitlab.report.page import Page, table
 
-COLORS = {"name mover": "#2ca02c", "negative name mover": "#d62728", "S-inhibition": "#9467bd",
+COLORS = {"name mover": "#2ca02c", "negative name mover": "#d62728", "backup name mover": "#bcbd22", "S-inhibition": "#9467bd",
           "induction": "#1f77b4", "duplicate-token": "#ff7f0e", "previous-token": "#8c564b", "other": "#7f7f7f"}
 
 

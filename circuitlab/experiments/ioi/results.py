@@ -49,7 +49,8 @@ class IOIResults(Result):
     """model: its label; about: what it is (quantised, instruct-tuned, architecture, ...); gpt2_small: whether the
     paper's head numbers are judged; vocabulary: names/places/objects kept and dropped; attention: per head [L][H]
     the mean attention of END -> IO, END -> S1, END -> S2, S2 -> S1, S2 -> S1+1, S1+1 -> S1 and the attention
-    uniform attention would give those queries; copy: each name mover's (and negative one's) copy score."""
+    uniform attention would give those queries; copy: each name mover's (and negative one's) copy score; backup_rise:
+    how much each head's direct effect rose (over the clean logit difference) with the name movers knocked out."""
 
     experiment: str
     preset: str
@@ -66,6 +67,7 @@ class IOIResults(Result):
     uniform: dict[str, float]
     copy: dict[str, float]
     evaluation: CircuitEvaluation
+    backup_rise: dict[str, float] = field(default_factory=dict)
     claims: list[Claim] = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
 
