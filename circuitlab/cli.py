@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -85,6 +86,42 @@ def _seeds(n: int) -> int:
     return n
 
 
+def _launch(nproc: int) -> int:
+    """`circuitlab train --nproc N ...` as `torchrun --nproc-per-node N --standalone -m circuitlab train ...`: the
+    ranks' output passes through; torchrun's own failure report (a traceback) is replaced by the ranks' error line."""
+    import subprocess
+
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            args.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--standalone", "-m",
+           "circuitlab", *args]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS":
+                            os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))})
+    errors: list[str] = []
+    report = False
+    for line in proc.stderr:
+        report = report or "Traceback (most recent call last)" in line
+        if "distributed/elastic" in line or "distributed.elastic" in line:  # torchrun's own log lines
+            continue
+        if line.startswith("error:"):
+            if line not in errors:  # every rank says it
+                errors.append(line)
+                sys.stderr.write(line)
+        elif not report and not line.startswith(("*****", "Setting OMP_NUM_THREADS")):
+            sys.stderr.write(line)
+    rc = proc.wait()
+    if rc and not errors:
+        err_console.print(f"error: the {nproc} training processes failed (exit status {rc}); run with --nproc 1 to "
+                          "see why")
+    return 0 if rc == 0 else 2
+
+
 @app.command()
 @_friendly
 def train(
@@ -124,8 +161,17 @@ def train(
     device: Optional[str] = typer.Option(None, help="'cpu' or 'cuda'."),
     autocast: Optional[str] = typer.Option(None, help="'none' or 'bf16' (autocast, for GPUs)."),
     quiet: bool = typer.Option(False, help="No progress bar."),
+    nproc: int = typer.Option(1, help="Data-parallel processes on this machine (launches torchrun; gloo on CPUs, "
+                                      "nccl on GPUs); the trajectory is the one a single process takes."),
 ):
     """Train a transformer on the embedded corpus (or your text) and save checkpoints to --out."""
+    if nproc < 1:
+        raise CircuitlabError(f"--nproc must be at least 1 (got {nproc})")
+    if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1") or 1) == 1:
+        raise typer.Exit(_launch(nproc))
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 talks
+        quiet = True
+        console.quiet = True
     from circuitlab.data import corpus_kwargs, load_corpus, prepare_tokens
     from circuitlab.training import Run, get_preset
     from circuitlab.training import train as run_training

@@ -28,6 +28,7 @@ from circuitlab.results import atomic_write_text, temporaries
 from circuitlab.training.checkpoints import (
     checkpoint_path, list_checkpoints, load_checkpoint, load_optimizer, optimizer_step, save_checkpoint, save_optimizer,
 )
+from circuitlab.training import distributed
 from circuitlab.training.config import TrainConfig
 from circuitlab.training.flops import peak_matmul_flops
 from circuitlab.training.lock import LOCK_NAME, run_lock
@@ -120,6 +121,19 @@ def _start(out: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task
     return model, make_optimizer(model, train_cfg), 0, {}
 
 
+def _open(out: Path, model_cfg: ModelConfig, train_cfg: TrainConfig):
+    """A rank other than 0: the state rank 0 started from (its latest optimizer save, or the initialisation), read
+    without writing anything."""
+    device = torch.device(train_cfg.device)
+    step = optimizer_step(out)
+    if step is not None:
+        model, _ = load_checkpoint(checkpoint_path(out, step), model_cfg, device)
+        optimizer = make_optimizer(model, train_cfg)
+        return model, optimizer, step, load_optimizer(out, optimizer, model)
+    model = Transformer(model_cfg).to(device)
+    return model, make_optimizer(model, train_cfg), 0, {}
+
+
 def check_device(name: str) -> torch.device:
     """The torch device `name`, or one line saying why it cannot be used here."""
     try:
@@ -152,9 +166,11 @@ def train(
     """Train on `task` (a TokenData is a language-model task) and return the Run. `stop_at` ends early at that step
     (as an interruption would), leaving a resumable run."""
     out = Path(out)
-    check_device(train_cfg.device)
+    device = check_device(train_cfg.device)
     task = LanguageModelTask(task) if isinstance(task, TokenData) else task
     task.check(model_cfg, train_cfg)
+    ranks = distributed.from_env(device)
+    distributed.check_split(task.batch_rows(train_cfg), ranks)
     # Deterministic kernels: with two or more threads the CPU backward of advanced indexing (the grokking step's
     # gathers) accumulates in a varying order, so two runs of the same command drifted apart (measured: different
     # weights after 400 epochs of the paper's preset, equal with this on, and no slower).
@@ -167,20 +183,34 @@ def train(
     if not (out / "run.json").exists() and out.exists() and \
             any(p.name != LOCK_NAME and p not in orphans for p in out.iterdir()):
         raise CircuitlabError(f"{out} exists and is not empty but holds no run: choose an empty or new --out")
+    distributed.barrier(ranks)  # every rank has checked the folder before rank 0 writes to it
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
+        if not ranks.main:  # rank 0 writes the run; the others train along and read what it wrote
+            return _train(model_cfg, train_cfg, task, out, resume, (), False, stop_at, ranks)
         with run_lock(out):  # one writer per run directory, for the whole run
             for tmp in temporaries(out) + temporaries(out / "checkpoints"):  # left by a killed writer
                 tmp.unlink(missing_ok=True)
-            return _train(model_cfg, train_cfg, task, out, resume, callbacks, progress, stop_at)
+            return _train(model_cfg, train_cfg, task, out, resume, callbacks, progress, stop_at, ranks)
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
 def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task, out: Path, resume: bool, callbacks,
-           progress: bool, stop_at: int | None) -> Run:
+           progress: bool, stop_at: int | None, ranks: distributed.Ranks = distributed.SINGLE) -> Run:
     torch.manual_seed(train_cfg.seed)
-    model, optimizer, start, state = _start(out, model_cfg, train_cfg, task, resume)
+    if ranks.main:
+        try:
+            model, optimizer, start, state = _start(out, model_cfg, train_cfg, task, resume)
+        except BaseException:
+            distributed.broadcast_flag(False, ranks)  # the other ranks stop too
+            raise
+        distributed.broadcast_flag(True, ranks)
+    else:
+        if not distributed.broadcast_flag(False, ranks):  # rank 0 has made (or checked and reopened) the run
+            raise CircuitlabError(f"rank 0 could not start the run in {out} (its error says why)")
+        model, optimizer, start, state = _open(out, model_cfg, train_cfg)
+    distributed.broadcast_parameters(model, ranks)
     device = model.device
     task.prepare(model_cfg, train_cfg, device)
     total = train_cfg.total_steps(model_cfg.n_ctx)
@@ -192,16 +222,20 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task, out: Path
     peak = peak_matmul_flops(str(device)) if flops_per_token else None
     last_good = start
 
-    if start == 0:
+    if start == 0 and ranks.main:
         save_checkpoint(out, model, 0, 0)
     bar = TrainProgress(task.kind, total, start, tokens_per_step) if progress else None
     recent: list[float] = state.get("recent_train_losses", [])  # since the last evaluation
     t_window, tokens_window = time.perf_counter(), 0
-    metrics_file = (out / "metrics.jsonl").open("a")
+    metrics_file = (out / "metrics.jsonl").open("a") if ranks.main else None
 
     def log_eval(step: int) -> str | None:
-        """Evaluate and log one row; returns a callback's reason to stop here, if one gave it."""
+        """Evaluate and log one row (rank 0); returns a callback's reason to stop here, if one gave it (on every
+        rank: the others learn it from rank 0)."""
         nonlocal t_window, tokens_window
+        if not ranks.main:
+            recent.clear()
+            return "stopped by rank 0" if distributed.broadcast_flag(False, ranks) else None
         dt = time.perf_counter() - t_window
         tps = tokens_window / dt if tokens_window else 0.0
         row = {
@@ -220,9 +254,12 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task, out: Path
         if bar:
             bar.note(row)
         t_window, tokens_window = time.perf_counter(), 0
+        distributed.broadcast_flag(ctx.stop is not None, ranks)
         return ctx.stop
 
     def stop_here(step: int, reason: str) -> None:
+        if not ranks.main:
+            return
         atomic_write_text(out / STOPPED_NAME, json.dumps(
             {"step": step, "tokens": step * tokens_per_step, "reason": reason}, indent=2))
 
@@ -232,21 +269,24 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task, out: Path
         elif state.get("eval_pending"):
             # saved at an evaluation step: its row was written before a crash, or is written now, from the same
             # state (model, train-loss window), so the log equals the uninterrupted run's
-            if any(r["step"] == start for r in read_metrics(out / "metrics.jsonl")):
+            logged = ranks.main and any(r["step"] == start for r in read_metrics(out / "metrics.jsonl"))
+            if distributed.broadcast_flag(logged, ranks):
                 recent.clear()
             elif (reason := log_eval(start)) and start < total:
                 stop_here(start, reason)
+                distributed.barrier(ranks)
                 return Run.open(out)
         for step in range(start, last):
             lr = train_cfg.lr_at(step, total)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            batch = task.batch(step)
+            batch = distributed.shard(task.batch(step), ranks)  # the global batch of (seed, step), this rank's rows
             with amp:
                 loss = task.loss(model, batch)
             loss.backward()
+            distributed.average_gradients(list(model.parameters()), ranks)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip or math.inf)
-            loss_value = loss.item()
+            loss_value = distributed.mean(loss.item(), ranks)
             if not (math.isfinite(loss_value) and torch.isfinite(grad_norm)):
                 raise CircuitlabError(
                     f"training diverged at step {step}: loss {loss_value}, gradient norm {grad_norm.item()}; "
@@ -266,22 +306,26 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task, out: Path
             # run resumed here -- whether the crash came before or after the row was written -- logs the same rows
             # as the uninterrupted one.
             if done in ckpt_steps or done == last:
-                save_checkpoint(out, model, done, done * tokens_per_step)
-                _fault("checkpoint", done)
-                save_optimizer(out, optimizer, model, done, {"recent_train_losses": recent, "eval_pending": evaluating})
-                _fault("optimizer", done)
+                if ranks.main:
+                    save_checkpoint(out, model, done, done * tokens_per_step)
+                    _fault("checkpoint", done)
+                    save_optimizer(out, optimizer, model, done, {"recent_train_losses": recent,
+                                                                 "eval_pending": evaluating})
+                    _fault("optimizer", done)
                 last_good = done
             if evaluating:
                 reason = log_eval(done)
                 _fault("metrics", done)
                 if reason and done < total:
-                    if done not in ckpt_steps and done != last:  # a stop is always at a saved state
+                    if done not in ckpt_steps and done != last and ranks.main:  # a stop is always at a saved state
                         save_checkpoint(out, model, done, done * tokens_per_step)
                         save_optimizer(out, optimizer, model, done, {"recent_train_losses": []})
                     stop_here(done, reason)
                     break
     finally:
-        metrics_file.close()
+        if metrics_file:
+            metrics_file.close()
         if bar:
             bar.stop()
+    distributed.check_same(model, ranks)  # and every file rank 0 writes is there
     return Run.open(out)

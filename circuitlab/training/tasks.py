@@ -68,6 +68,10 @@ class Task:
     def loss(self, model, batch) -> Tensor:
         raise NotImplementedError
 
+    def batch_rows(self, train_cfg: TrainConfig) -> int:
+        """Rows of every training batch (data-parallel ranks each take an equal share)."""
+        return train_cfg.batch_size
+
     @torch.no_grad()
     def evaluate(self, model, step: int) -> dict:
         """Held-out metrics for the metrics row of an evaluation step."""
@@ -162,6 +166,9 @@ class ModularAdditionTask(Task):
 
     def info(self) -> dict:
         return {"n_train": len(self.data.train), "n_test": len(self.data.test)}
+
+    def batch_rows(self, train_cfg: TrainConfig) -> int:
+        return len(self.data.train)  # full batch
 
     def check(self, model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
         if len(self.data.train) == 0 or len(self.data.test) == 0:
