@@ -23,7 +23,7 @@ from circuitlab.patching.common import (
 from circuitlab.results import Result
 
 
-def _gradients(model, tokens: Tensor, metric: Metric, names: list[str]) -> tuple[dict, dict]:
+def gradients(model, tokens: Tensor, metric: Metric, names: list[str]) -> tuple[dict, dict]:
     """Activations at `names` on `tokens` and the gradient of the mean metric with respect to them."""
     acts: dict[str, Tensor] = {}
 
@@ -51,7 +51,7 @@ def attribution_patch(model, clean: Tensor, corrupted: Tensor, metric: Metric, s
         raise CircuitlabError(f"unknown site {site!r}: choose one of {', '.join(LAYER_SITES + HEAD_SITES)}")
     names = [hook_name(site, layer) for layer in range(L)]
     clean_acts = cache_sites(model, clean, names)
-    corrupt_acts, grads = _gradients(model, corrupted, metric, names)
+    corrupt_acts, grads = gradients(model, corrupted, metric, names)
     corrupt_m = mean_metric(model, corrupted, metric)
     rows, axes = [], []
     for n in names:

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from circuitlab.errors import CircuitlabError
 from circuitlab.heads import Head
+from circuitlab.patching.attribution import gradients
 from circuitlab.patching.common import (
     Metric, PatchingResult, Stop, cache_sites, check_pair, dims, hook_name, mean_metric, run_patches,
 )
@@ -148,18 +149,9 @@ def path_attribution(model, orig: Tensor, new: Tensor, metric: Metric, receivers
     names = [] if receivers == "logits" else sorted({hook_name(s, r.layer) for r in receivers for s in receiver_sites})
     G = {}
     if names:  # d metric / d a_R, free run
-        acts: dict[str, Tensor] = {}
-
-        def keep(act, hook):
-            act.retain_grad()
-            acts[hook.name] = act
-            return act
-
-        with torch.enable_grad():
-            metric(model.run_with_hooks(orig, fwd_hooks=[(n, keep) for n in names])).mean().backward()
-        model.zero_grad(set_to_none=True)
+        _, grads = gradients(model, orig, metric, names)
         for n in names:
-            g = acts[n].grad.detach()
+            g = grads[n]
             mask = _receiver_mask(tuple(g.shape[1:]), H, receivers, int(n.split(".")[1]), receiver_positions)
             G[n] = g * mask.to(g.dtype)  # broadcasts over the batch when the mask is per example
     leaves = {n: z_orig[n].clone().requires_grad_(True) for n in zs}
