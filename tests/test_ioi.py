@@ -111,6 +111,13 @@ def IOIResults_copy(r, **changes):
     return c
 
 
+def test_a_context_too_short_for_the_prompts_is_one_line():
+    tok = word_tokenizer()
+    short = Transformer(ModelConfig(n_layers=1, d_model=16, n_heads=2, d_head=8, n_ctx=8, d_vocab=tok.get_vocab_size()))
+    with pytest.raises(CircuitlabError, match="context is 8: use a model with a longer context"):
+        _analyze(short, tok)
+
+
 def test_models_that_do_not_do_ioi_reproduce_nothing():
     """Negative controls: a random model, and the planted model with its S-inhibition head silenced (the name
     movers then prefer S: it is named twice)."""

@@ -26,6 +26,7 @@ from collections.abc import Callable
 import torch
 
 from circuitlab.data.ioi import IOIDataset, ioi_dataset, vocabulary
+from circuitlab.errors import CircuitlabError
 from circuitlab.experiments.ioi.results import Behaviour, IOIResults, PathStep
 from circuitlab.heads import Head
 from circuitlab.patching.ablation import replacement
@@ -58,7 +59,11 @@ def encoder(tokenizer) -> Callable[[str], list[int]]:
 def n_tokens(tokenizer) -> Callable[[str], int]:
     """How many tokens a text takes; an unknown-token id counts as not one token."""
     encode, unk = encoder(tokenizer), getattr(tokenizer, "unk_token_id", None)
-    return lambda text: (len(ids) + (unk in ids) if unk is not None else len(ids)) if (ids := encode(text)) else 0
+
+    def count(text: str) -> int:
+        ids = encode(text)
+        return len(ids) + (unk is not None and unk in ids)
+    return count
 
 
 def _positions(data: IOIDataset) -> dict[str, tuple]:
@@ -260,6 +265,9 @@ def analyze_ioi(model, tokenizer, label: str, about: list[str], settings: dict, 
     pad = pad if pad is not None else (getattr(tokenizer, "pad_token_id", None) or
                                        getattr(tokenizer, "eos_token_id", None) or 0)
     data = ioi_dataset(encoder(tokenizer), vocab, settings["n_prompts"], settings.get("seed", 0), bos, pad)
+    if data.tokens.shape[1] > int(model.cfg.n_ctx):
+        raise CircuitlabError(f"the IOI prompts take up to {data.tokens.shape[1]} tokens and this model's context is "
+                              f"{model.cfg.n_ctx}: use a model with a longer context")
     exact = data.first(min(settings["n_exact"], len(data)))
     L, H = dims(model)
     b = behaviour(model, data)
