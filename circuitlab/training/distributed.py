@@ -30,6 +30,7 @@ class Ranks:
     rank: int
     world: int
     device: str = "cpu"  # where collectives' small tensors live (nccl needs them on the GPU)
+    owned: bool = False  # this process group was started here, and is ended by `close`
 
     @property
     def main(self) -> bool:
@@ -48,12 +49,23 @@ def from_env(device: torch.device) -> Ranks:
 
     if not dist.is_available():
         raise CircuitlabError("this torch build has no torch.distributed: train with one process")
-    if not dist.is_initialized():
+    owned = not dist.is_initialized()
+    if owned:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend)
-    return Ranks(dist.get_rank(), dist.get_world_size(), "cuda" if device.type == "cuda" else "cpu")
+    return Ranks(dist.get_rank(), dist.get_world_size(), "cuda" if device.type == "cuda" else "cpu", owned)
+
+
+def close(ranks: Ranks) -> None:
+    """End a process group `from_env` started (left to interpreter shutdown, gloo's threads can abort the process:
+    "terminate called without an active exception")."""
+    if ranks.owned:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def check_split(rows: int, ranks: Ranks) -> None:

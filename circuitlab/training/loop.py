@@ -170,6 +170,14 @@ def train(
     task = LanguageModelTask(task) if isinstance(task, TokenData) else task
     task.check(model_cfg, train_cfg)
     ranks = distributed.from_env(device)
+    try:
+        return _checked_train(model_cfg, train_cfg, task, out, resume, callbacks, progress, stop_at, ranks)
+    finally:
+        distributed.close(ranks)
+
+
+def _checked_train(model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task, out: Path, resume: bool, callbacks,
+                   progress: bool, stop_at: int | None, ranks: distributed.Ranks) -> Run:
     distributed.check_split(task.batch_rows(train_cfg), ranks)
     # Deterministic kernels: with two or more threads the CPU backward of advanced indexing (the grokking step's
     # gathers) accumulates in a varying order, so two runs of the same command drifted apart (measured: different
