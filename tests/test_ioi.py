@@ -253,3 +253,17 @@ def test_a_circuit_with_a_decoy_is_not_minimal(planted):
     v = _verdicts(IOIResults_copy(r, evaluation=ev, classes=padded))
     assert v["Minimality: every head of the circuit matters for some K"] == "not reproduced"
     assert v["Faithfulness: the circuit alone does the task"] == "reproduced"
+
+
+def test_gpt2_small_head_claims_judge_the_papers_heads(planted):
+    """The GPT-2 small claims' logic, on the planted results relabelled as GPT-2 small: the paper's heads found ->
+    reproduced; other heads -> differs; none -> not reproduced."""
+    _, _, r = planted
+    paper = {c: [Head.parse(h) for h in hs] for c, hs in PAPER_HEADS.items()}
+    v = _verdicts(IOIResults_copy(r, gpt2_small=True, classes=paper | {"other": []}))
+    assert all(v[f"GPT-2 small's {c} heads"] == "reproduced" for c in PAPER_HEADS)
+    wrong = paper | {"name mover": [Head(1, 1)], "S-inhibition": []}
+    v = _verdicts(IOIResults_copy(r, gpt2_small=True, classes=wrong))
+    assert v["GPT-2 small's name mover heads"] == "differs"
+    assert v["GPT-2 small's S-inhibition heads"] == "not reproduced"
+    assert not any(c.startswith("GPT-2 small") for c in _verdicts(r))  # not judged on another model
