@@ -89,17 +89,22 @@ def attention_scores(model, data: IOIDataset) -> tuple[dict[str, torch.Tensor], 
 
 
 @torch.no_grad()
-def copy_score(model, data: IOIDataset, head: Head, sign: float = 1.0, top: int = COPY_TOP) -> float:
-    """The share of prompts where sign * (the head's value at IO @ W_O) @ W_U ranks IO in the top `top` (the
+def copy_scores(model, data: IOIDataset, signs: dict[Head, float], top: int = COPY_TOP) -> dict[str, float]:
+    """Each head's share of prompts where sign * (its value at IO @ W_O) @ W_U ranks IO in the top `top` (the
     paper's copy score, on the residual stream the head reads at IO in context; the final LayerNorm's positive
-    scale does not change the ranking)."""
-    name = f"blocks.{head.layer}.attn.hook_v"
-    _, cache = model.run_with_cache(data.tokens, names_filter=lambda n: n == name)
-    v = cache[name]  # [batch, pos, kv heads, d_head]
-    groups = int(model.cfg.n_heads) // v.shape[2]
-    x = v[torch.arange(len(data)), data.io_pos, head.head // groups]
-    logits = sign * (x @ model.W_O[head.layer, head.head].to(x.dtype)) @ model.W_U.to(x.dtype)
-    return float((logits.topk(top, dim=-1).indices == data.io[:, None]).any(1).float().mean())
+    scale does not change the ranking). One pass caches the values of every layer asked for."""
+    names = {f"blocks.{h.layer}.attn.hook_v" for h in signs}
+    if not names:
+        return {}
+    _, cache = model.run_with_cache(data.tokens, names_filter=lambda n: n in names)
+    out = {}
+    for head, sign in signs.items():
+        v = cache[f"blocks.{head.layer}.attn.hook_v"]  # [batch, pos, kv heads, d_head]
+        groups = int(model.cfg.n_heads) // v.shape[2]
+        x = v[torch.arange(len(data)), data.io_pos, head.head // groups]
+        logits = sign * (x @ model.W_O[head.layer, head.head].to(x.dtype)) @ model.W_U.to(x.dtype)
+        out[str(head)] = float((logits.topk(top, dim=-1).indices == data.io[:, None]).any(1).float().mean())
+    return out
 
 
 @torch.no_grad()
@@ -295,11 +300,8 @@ def analyze_ioi(model, tokenizer, label: str, about: list[str], settings: dict, 
     found["other"] = [h for h in found["other"] if h not in found["backup name mover"]]
     lap("backup name movers")
     log("  classes: " + "; ".join(f"{c} {', '.join(map(str, v)) or '-'}" for c, v in found.items()))
-    copy = {}
-    for h in found["name mover"]:
-        copy[str(h)] = copy_score(model, exact, h, 1.0)
-    for h in found["negative name mover"]:
-        copy[str(h)] = copy_score(model, exact, h, -1.0)
+    copy = copy_scores(model, exact, {h: 1.0 for h in found["name mover"]} |
+                       {h: -1.0 for h in found["negative name mover"]})
     lap("copy scores")
     ev = data.first(min(settings["n_eval"], len(data)))
     ref = dict(reference=data.abc_tokens, groups=ev.groups, reference_groups=data.groups)
