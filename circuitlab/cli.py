@@ -291,6 +291,49 @@ def analyze(
 
 @app.command()
 @_friendly
+def view(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `circuitlab train` or an experiment."),
+    text: str = typer.Option(..., help="A text file, or the text itself (a grokking run reads 'a b =' lines)."),
+    out: Optional[Path] = typer.Option(None, help="The page to write (default RUN/view.html)."),
+    checkpoints: int = typer.Option(100, help="At most this many checkpoints on the slider, evenly spread."),
+    max_tokens: int = typer.Option(512, help="Show at most this many tokens of the text."),
+):
+    """An offline page of the run on your text: each head's attention (hover a token), what it writes to the logits,
+    the per-token loss and its change, and a slider over the checkpoints with each head's induction, prefix-matching
+    and previous-token scores."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from circuitlab.training import Run
+    from circuitlab.viz.explore import choose_checkpoints, explore, read_text
+
+    if not 1 <= max_tokens <= 65_535:
+        raise CircuitlabError(f"--max-tokens must be from 1 to 65535 (got {max_tokens})")
+    run = Run.open(run_dir)
+    body, source = read_text(text)
+    if source == "the text given" and len(text) < 200 and any(text.endswith(e) for e in (".md", ".txt", ".py", ".rst")):
+        err_console.print(f"note: there is no file {text!r}: showing the string itself", highlight=False)
+    n = len(choose_checkpoints(run.checkpoints, checkpoints)) if run.checkpoints else 0
+    out = out or run.path / "view.html"
+    if out.exists() and out.is_dir():
+        raise CircuitlabError(f"--out {out} is a folder: give the path of the page to write")
+    cols = [TextColumn("[bold]view"), BarColumn(), MofNCompleteColumn(), TextColumn("checkpoints"),
+            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+    t0 = time.perf_counter()
+    with Progress(*cols, console=err_console, transient=True) as bar:
+        task = bar.add_task("view", total=n, rate="")
+
+        def tick(i: int) -> None:
+            bar.update(task, completed=i + 1, rate=f"{(i + 1) / (time.perf_counter() - t0):.1f}/s")
+
+        v = explore(run, body, checkpoints=checkpoints, max_tokens=max_tokens, on_checkpoint=tick)
+    v.save(out)
+    d = v.data
+    console.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {len(d['checkpoints'])} checkpoints, {d['T']} "
+                  f"tokens of {source}, {time.perf_counter() - t0:.0f} s", highlight=False)
+
+
+@app.command()
+@_friendly
 def reproduce(
     preset: str = typer.Option("quick", help="'quick' (a 2-core CPU, about 40 minutes) or 'full' (the papers' context; many hours)."),
     out: Optional[Path] = typer.Option(None, help="Output directory (default runs/reproduce-PRESET); finished stages in it are reused."),

@@ -88,6 +88,11 @@ def viewer_section(page: Page, prompts: list[dict], start_head: str | None = Non
                  "columns); an induction head lights up the stripe one token after the earlier copy.")
 
 
+# Nothing is fetched: no source is allowed but the page's own inline scripts and styles, and data: / blob: images.
+CSP = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
+       "img-src data: blob:; font-src data:")
+
+
 def _plotly_js() -> str:
     from plotly.offline import get_plotlyjs
 
@@ -144,8 +149,7 @@ def render(page: Page, title: str, intro_html: str = "") -> str:
     """The whole page as HTML text. `title` is escaped here; `intro_html` must already be safe HTML."""
     return (
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; script-src 'unsafe-inline' "
-        "'unsafe-eval'; style-src 'unsafe-inline'; img-src data: blob:; font-src data:\">"
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         f"<title>circuitlab report</title><style>{CSS}</style></head><body>"
         f"<h1>{esc(title)}</h1>" + (f"<p>{intro_html}</p>" if intro_html else "")
         + "".join(page.parts)
