@@ -6,6 +6,7 @@ CircuitsVis is not used: its notebook output probes the network and, when it can
 a CDN (its offline bundle is 1.3 MB per output), and it has no view across checkpoints."""
 
 from circuitlab.viz.explore import View, explore
+from circuitlab.viz.lines import Lines, lines
 from circuitlab.viz.views import Text
 
 
@@ -40,4 +41,4 @@ def attention(model, text, tokenizer=None, bos: int | None = None, max_tokens: i
                      scores=False)
 
 
-__all__ = ["Text", "View", "attention", "explore"]
+__all__ = ["Lines", "Text", "View", "attention", "explore", "lines"]
