@@ -42,7 +42,7 @@ browser:
 
 # Lint (ruff), the import contract (lint-imports: the layers in pyproject.toml, nothing imports upward), the tests.
 test: venv browser
-	$(BIN)/ruff check circuitlab tests benchmarks
+	$(BIN)/ruff check circuitlab tests benchmarks notebooks
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 

@@ -11,7 +11,8 @@ from circuitlab.viz.views import Text
 
 
 def attention(model, text, tokenizer=None, bos: int | None = None, max_tokens: int = 512) -> View:
-    """One model (a circuitlab model or a TransformerLens `TransformerBridge`) on `text`: a string (with `tokenizer`,
+    """`View.data["start"] = [layer, head]` picks the head shown first, `["query"]` the token (default the last).
+    One model (a circuitlab model or a TransformerLens `TransformerBridge`) on `text`: a string (with `tokenizer`,
     a Hugging Face `tokenizers.Tokenizer`, or the bridge's own), a 1-D tensor or list of token ids, or a `Text`."""
     import torch
 
@@ -37,8 +38,9 @@ def attention(model, text, tokenizer=None, bos: int | None = None, max_tokens: i
     if decode is None:
         decode = (lambda i: tokenizer.decode([i])) if tokenizer is not None else str
     with torch.no_grad():
-        return build([({"step": 0, "tokens": 0, "label": "this model"}, model)], t, "attention", decode, bos,
-                     scores=False)
+        v = build([({"step": 0, "tokens": 0, "label": "this model"}, model)], t, "attention", decode, bos, scores=False)
+    v.data["query"] = v.data["T"] - 1  # start at the last token, where the next-token prediction is made
+    return v
 
 
 __all__ = ["Lines", "Text", "View", "attention", "explore", "lines"]

@@ -22,6 +22,7 @@ CSS = """
 .cl-view button.cl-on{background:#333;color:#fff}
 .cl-view .cl-cols{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
 .cl-view .cl-heads td{padding:0} .cl-view .cl-heads button{width:58px;border:1px solid #ccc}
+.cl-view .cl-many button{width:40px;font-size:10px;padding:0}
 .cl-view .cl-heads button.cl-on{outline:2px solid #d62728;background:inherit;color:inherit}
 .cl-view .cl-tokens{max-width:620px;max-height:560px;overflow:auto;border:1px solid #ddd;padding:6px;
   font-family:ui-monospace,monospace;font-size:12px}
@@ -49,14 +50,14 @@ function unpack(D, buf, ck){
   v.start = new Uint32Array(H * T + 1); for (let i = 0; i < H * T; i++) v.start[i + 1] = v.start[i] + counts[i];
   return v;
 }
-function show(t){ return t.replace(/\n/g, '⏎').replace(/\t/g, '⇥'); }
+function show(t){ return t.replace(/\n/g, '⏎\n').replace(/\t/g, '⇥'); }  // the break stays inside the token
 function fmt(x, d){ return (x === null || x === undefined || Number.isNaN(x)) ? '–' : x.toFixed(d === undefined ? 2 : d); }
 
 return function(root){
   const D = JSON.parse(root.querySelector('script.cl-data').textContent);
   const H = D.n_layers * D.n_heads, T = D.T, C = D.checkpoints.length, K = D.top_logits;
   const cache = new Map();
-  const S = {ck: C - 1, ck2: 0, l: D.start[0], h: D.start[1], q: null, pinned: false, mode: 'attention',
+  const S = {ck: C - 1, ck2: 0, l: D.start[0], h: D.start[1], q: D.query == null ? null : D.query, pinned: D.query != null, mode: 'attention',
              score: D.scores ? 'induction' : null, draws: 0};
   const vocab = function(i){ const s = D.vocab[i]; return s === undefined ? '#' + i : s; };
   async function view(i){ if (!cache.has(i)) cache.set(i, gunzip(bytes(D.checkpoints[i].blob)).then(function(b){ return unpack(D, b, D.checkpoints[i]); })); return cache.get(i); }
@@ -79,7 +80,7 @@ return function(root){
   if (D.scores) { scoreBar = left.appendChild(el('div', {}, 'head colour: '));
     for (const s in D.scores) { const b = scoreBar.appendChild(el('button', {'data-score': s, class: 'cl-score'}, s.replace('_', ' ')));
       b.onclick = function(){ S.score = s; draw(); }; } }
-  const grid = left.appendChild(el('table', {class: 'cl-heads'}));
+  const grid = left.appendChild(el('table', {class: 'cl-heads' + (H > 64 ? ' cl-many' : '')}));
   const headButtons = [];
   for (let l = 0; l < D.n_layers; l++) { const tr = grid.appendChild(el('tr'));
     for (let h = 0; h < D.n_heads; h++) { const b = tr.appendChild(el('td')).appendChild(el('button', {'data-layer': l, 'data-head': h, class: 'cl-head'}));
@@ -90,7 +91,6 @@ return function(root){
   const mid = cols.appendChild(el('div', {class: 'cl-tokens'}));
   const info = cols.appendChild(el('div', {class: 'cl-info'}));
   const spans = D.tokens.map(function(t, i){ const s = mid.appendChild(el('span', {class: 'cl-tok' + (D.bos_at.indexOf(i) >= 0 ? ' cl-bos' : ''), 'data-i': i}, show(t)));
-    if (t.indexOf('\n') >= 0) mid.appendChild(el('br'));
     s.onmouseenter = function(){ if (!S.pinned) { S.q = i; draw(); } };
     s.onclick = function(){ S.pinned = !(S.pinned && S.q === i); S.q = i; draw(); };
     return s; });
