@@ -76,6 +76,12 @@ def _friendly(fn):
     return wrapper
 
 
+def _use_free_cores() -> None:
+    from circuitlab.training.threads import use_free_cores
+
+    use_free_cores()
+
+
 def _given(**flags) -> dict:
     return {k: v for k, v in flags.items() if v is not None}
 
@@ -91,6 +97,8 @@ def _launch(nproc: int) -> int:
     ranks' output passes through; torchrun's own failure report (a traceback) is replaced by the ranks' error line."""
     import subprocess
 
+    from circuitlab.training.threads import threads_for
+
     args, skip = [], False
     for a in sys.argv[1:]:
         if skip:
@@ -102,7 +110,7 @@ def _launch(nproc: int) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--standalone", "-m",
            "circuitlab", *args]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS":
-                            os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))})
+                            os.environ.get("OMP_NUM_THREADS", str(threads_for(nproc)))})
     errors: list[str] = []
     report = False
     for line in proc.stderr:
@@ -165,6 +173,7 @@ def train(
                                       "nccl on GPUs); the trajectory is the one a single process takes."),
 ):
     """Train a transformer on the embedded corpus (or your text) and save checkpoints to --out."""
+    _use_free_cores()
     if nproc < 1:
         raise CircuitlabError(f"--nproc must be at least 1 (got {nproc})")
     if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1") or 1) == 1:
@@ -264,6 +273,7 @@ def analyze(
 ):
     """Read the model's circuits from its weights and attention: writes RUN/analysis.json and prints tables. With
     --model, the analyses that apply to a pretrained model with LayerNorm and MLPs (and which are skipped, why)."""
+    _use_free_cores()
     if (run_dir is None) == (model is None):
         raise CircuitlabError("give a run directory or --model NAME_OR_PATH (one of them)")
     if model is not None:
@@ -301,6 +311,7 @@ def view(
     """An offline page of the run on your text: each head's attention (hover a token), what it writes to the logits,
     the per-token loss and its change, and a slider over the checkpoints with each head's induction, prefix-matching
     and previous-token scores."""
+    _use_free_cores()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from circuitlab.training import Run
@@ -343,6 +354,7 @@ def reproduce(
 ):
     """Every experiment (circuits, induction heads, grokking), then OUT/report.html. Re-running reuses finished
     stages (on the same corpus) and resumes interrupted training."""
+    _use_free_cores()
     from circuitlab.experiments.reproduce import reproduce as run_all
 
     out = out or Path(f"runs/reproduce-{preset}")
@@ -393,6 +405,7 @@ def experiment_grokking(
 ):
     """Grokking modular addition (Nanda et al. 2023): train, find the Fourier algorithm, track the progress
     measures, detect the phases, ablate frequencies; writes OUT/results.json with the claims."""
+    _use_free_cores()
     from circuitlab.experiments.grokking import PRESETS, run_grokking_experiment
     from circuitlab.experiments.grokking.presets import changed_preset
     from circuitlab.experiments.grokking.tables import print_grokking
@@ -430,6 +443,7 @@ def experiment_induction(
     """Induction heads and the in-context-learning phase change (Olsson et al. 2022): trains the 1L, 2L and
     smeared-key models with dense checkpoints, measuring each checkpoint as it is reached, until the phase change
     has settled (the token budget is a cap), and writes OUT/results.json with the claims."""
+    _use_free_cores()
     from circuitlab.experiments.induction import PRESETS, run_induction_experiment
     from circuitlab.experiments.induction.presets import with_cap
     from circuitlab.experiments.induction.tables import print_induction
@@ -469,6 +483,7 @@ def experiment_ioi(
     """The indirect-object-identification circuit (Wang et al. 2022) of a pretrained model: the logit difference,
     path patching backwards from the logits, head classes, faithfulness / completeness / minimality; writes
     OUT/results.json with the claims."""
+    _use_free_cores()
     from circuitlab.experiments.ioi import PRESETS, run_ioi_experiment
     from circuitlab.experiments.ioi.tables import print_ioi
     from circuitlab.training.presets import choose

@@ -141,6 +141,13 @@ def test_induction_experiment_end_to_end_and_reuse(small_corpus_dir, tiny_experi
     assert len(layers) == 2 and len(layers[0]) == 2  # [layer][head][q][k]
     assert r.behaviours.translation_training.steps == 20
     assert Run.open(r.behaviours.translation_training.run).task["kind"] == "sequences"  # the one run format
+    # where the time went: measuring per model, each part of the analysis
+    parts = r.seconds["analysis_parts"]
+    assert set(parts) == {"curves_windows_bump_pca", "ablations_over_checkpoints", "behaviours", "attention_viewer",
+                          "claims"}
+    assert sum(parts.values()) <= r.seconds["analysis"] + 0.01
+    assert set(r.seconds["per_model_measuring"]) == set(TINY.models)
+    assert all(0 < v <= r.seconds["train_and_measure"] for v in r.seconds["per_model_measuring"].values())
     # a second run reuses everything: no checkpoint rewritten, no checkpoint measured again
     ckpt = out / "runs" / "2L" / "checkpoints"
     mtimes = {p.name: p.stat().st_mtime_ns for p in ckpt.iterdir()}

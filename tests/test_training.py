@@ -1,6 +1,7 @@
 import hashlib
 import json
 from dataclasses import replace
+import time
 
 import pytest
 import torch
@@ -345,3 +346,29 @@ def test_a_run_killed_at_any_write_resumes_to_the_same_weights_optimizer_and_met
     assert oa.keys() == ob.keys() and all(torch.equal(oa[k], ob[k]) for k in oa)
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")} for r in rows]  # noqa: E731
     assert strip(a.metrics) == strip(b.metrics)
+
+
+def test_threads_leave_the_cores_other_work_is_using(monkeypatch):
+    """A process spinning on one core counts as busy; CIRCUITLAB_THREADS overrides; a bad value is one line."""
+    import subprocess
+    import sys
+
+    from circuitlab.training.threads import busy_elsewhere, cores, free_cores, threads_for
+
+    monkeypatch.delenv("CIRCUITLAB_THREADS", raising=False)
+    spin = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 20: pass"])
+    try:
+        time.sleep(0.5)
+        assert busy_elsewhere(0.5) >= 0.6  # the spinner's core (plus whatever else runs here)
+        if cores() >= 2:
+            assert free_cores(0.5) <= cores() - 1
+    finally:
+        spin.kill()
+        spin.wait()
+    assert 1 <= free_cores(0.2) <= cores()
+    assert threads_for(workers=cores() * 4, sample_s=0.1) == 1  # never below one thread
+    monkeypatch.setenv("CIRCUITLAB_THREADS", "3")
+    assert threads_for() == 3
+    monkeypatch.setenv("CIRCUITLAB_THREADS", "two")
+    with pytest.raises(CircuitlabError, match="CIRCUITLAB_THREADS"):
+        threads_for()

@@ -12,6 +12,7 @@ Everything here runs without gradients; the ICL and PCA losses come from one bat
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,11 +64,13 @@ class Measurement(Result):
     previous_token: list[list[float]] | None = None
     best_induction: float | None = None
     best_prefix_matching: float | None = None
+    seconds: float = 0.0  # how long measuring this checkpoint took (0 in rows written before it was recorded)
 
 
 @torch.no_grad()
 def measure_checkpoint(model, probe: Probe, step: int = 0, tokens: int = 0) -> Measurement:
     """One checkpoint's measurements."""
+    t0 = time.perf_counter()
     losses = per_token_loss(model, probe.windows)
     icl = icl_score(model, probe.windows, losses)
     first, second = repeated_tokens_loss(model, allowed=probe.allowed)
@@ -82,6 +85,7 @@ def measure_checkpoint(model, probe: Probe, step: int = 0, tokens: int = 0) -> M
             setattr(m, name, getattr(s, name).tolist())
         m.best_induction = float(s.induction.max())
         m.best_prefix_matching = float(s.prefix_matching.max())
+    m.seconds = round(time.perf_counter() - t0, 4)
     return m
 
 

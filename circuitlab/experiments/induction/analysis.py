@@ -3,6 +3,8 @@ ablations over checkpoints, behaviours and attention-viewer data (Olsson et al. 
 
 from __future__ import annotations
 
+import time
+
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +137,14 @@ def model_curves(run: Run, rows: list[Measurement]) -> ModelCurves:
 def analyze_induction(preset: ExperimentPreset, out: Path) -> InductionResults:
     from safetensors.torch import load_file
 
+    parts: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal t0
+        parts[name] = round(time.perf_counter() - t0, 3)
+        t0 = time.perf_counter()
+
     runs = {n: Run.open(out / "runs" / n) for n in preset.models}
     rows = {n: read_rows(out / "runs" / n) for n in runs}
     probe = load_file(str(out / "probe.safetensors"))
@@ -153,20 +163,26 @@ def analyze_induction(preset: ExperimentPreset, out: Path) -> InductionResults:
     moments = {"start": r2[min(1, len(r2) - 1)].tokens, "before": w.induction.start, "after": w.induction.end, "final": r2[-1].tokens}
     moments = {k: t for k, t in moments.items() if t is not None}
     by_pos = {n: {k: value_at(rows[n], t, "loss_by_position") for k, t in moments.items()} for n in ("1L", main)}
+    lap("curves_windows_bump_pca")
     group = row_heads(r2[-1])
     windows = probe["windows"][:512]
     ablation = analyze_ablations(runs[main], r2, windows, group, preset.settings["ablation_points"])
+    lap("ablations_over_checkpoints")
     final_induction = torch.tensor(r2[-1].induction)
     head = max(group, key=lambda hd: float(final_induction[hd])) if group else None
+    behaved = behaviours(out, runs[main], head, preset.settings["task_steps"])
+    lap("behaviours")
+    viewer = attention_viewer(runs[main], probe["windows"], COPYING_PASSAGE)
+    lap("attention_viewer")
     result = InductionResults(
         experiment="induction", preset=preset.name, differs_from_paper=list(preset.differs),
         icl_positions=ICLPositions(early, late, n_ctx,
                                    f"ICL score = loss of token {late} - loss of token {early} (paper: 500 and 50 of 512)"),
         models=models, loss_bump=bump,
         pca=PCAResult(traj.tolist(), var.tolist(), pivot, r2[pivot].tokens, [r.tokens for r in r2], len(r2[0].pca_losses)),
-        loss_by_position=LossByPosition(moments, by_pos), ablation=ablation,
-        behaviours=behaviours(out, runs[main], head, preset.settings["task_steps"]),
-        attention_viewer=attention_viewer(runs[main], probe["windows"], COPYING_PASSAGE),
+        loss_by_position=LossByPosition(moments, by_pos), ablation=ablation, behaviours=behaved, attention_viewer=viewer,
     )
     result.claims = induction_claims(result)
+    lap("claims")
+    result.seconds = {"analysis_parts": parts}
     return result

@@ -20,6 +20,8 @@ from circuitlab.errors import CircuitlabError
 from circuitlab.experiments.induction.presets import PRESETS
 from circuitlab.experiments.induction.results import InductionResults
 from circuitlab.results import atomic_write
+from circuitlab.training.threads import ENV as THREADS_ENV
+from circuitlab.training.threads import free_cores, threads_for
 from circuitlab.training.presets import ExperimentPreset, choose
 
 
@@ -126,9 +128,9 @@ def train_all(preset: ExperimentPreset, out: Path, workers: int | None = None, p
         probe = Probe.make(windows, common_token_pool(data.train, first_m.d_vocab))
         atomic_write(probe_path, lambda tmp: save_file(
             {"windows": probe.windows, "pca_positions": probe.pca_positions, "allowed": probe.allowed}, tmp))
-    cpus = os.cpu_count() or 1
+    cpus = free_cores()  # the cores not busy with other work: workers x threads never exceeds them
     workers = workers or max(1, min(len(cfgs), 2 if cpus <= 4 else cpus // 2))
-    threads = max(1, cpus // workers)
+    threads = threads_for(workers) if os.environ.get(THREADS_ENV) else max(1, cpus // workers)
     totals = {n: t.total_steps(m.n_ctx) for n, (m, t) in cfgs.items()}
     rules = training_rules(preset, out)
     # longest first, so the short smeared-key runs fill in behind the long ones; a follower after the run it follows
@@ -185,6 +187,7 @@ def run_induction_experiment(preset: str | ExperimentPreset, out: Path | str, wo
                              progress: bool = True, corpus: dict | None = None) -> InductionResults:
     """Train, measure and analyse; writes out/results.json and returns the results."""
     from circuitlab.experiments.induction.analysis import analyze_induction
+    from circuitlab.induction.measure import read_measurements
 
     p = choose(PRESETS, preset, "induction preset") if isinstance(preset, str) else preset
     out = Path(out)
@@ -193,7 +196,9 @@ def run_induction_experiment(preset: str | ExperimentPreset, out: Path | str, wo
     t1 = time.perf_counter()
     result = analyze_induction(p, out)
     result.corpus = corpus_id
+    measuring = {n: round(sum(m.seconds for m in read_measurements(out / "runs" / n / "measurements.jsonl").values()), 2)
+                 for n in p.models}
     result.seconds = {"train_and_measure": t1 - t0, "per_model_done_at": train_seconds,
-                      "analysis": time.perf_counter() - t1}
+                      "per_model_measuring": measuring, "analysis": time.perf_counter() - t1, **result.seconds}
     result.save(out / "results.json")
     return result
