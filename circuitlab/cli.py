@@ -439,6 +439,8 @@ def experiment_induction(
     seeds: int = typer.Option(1, help="Seeds 0..N-1 (init and data order); each claim reported as reproduced in k of N."),
     max_tokens: Optional[int] = typer.Option(None, help="Cap on the plain models' tokens (they stop earlier once "
                                                         "their phase change has settled); default: the preset's."),
+    device: str = typer.Option("cpu", help="cpu, cuda (the models spread over the visible GPUs, one per device at "
+                                           "a time), cuda:N or mps."),
 ):
     """Induction heads and the in-context-learning phase change (Olsson et al. 2022): trains the 1L, 2L and
     smeared-key models with dense checkpoints, measuring each checkpoint as it is reached, until the phase change
@@ -460,12 +462,13 @@ def experiment_induction(
         from circuitlab.experiments.seeds import run_seeds
 
         corpus_id = load_corpus(**corpus).id
-        r = run_seeds("induction", lambda p, d, k: run_induction_experiment(p, d, workers=workers, corpus=corpus),
+        r = run_seeds("induction", lambda p, d, k: run_induction_experiment(p, d, workers=workers, corpus=corpus,
+                                                                            device=device),
                       chosen, out, seeds, InductionResults, corpus_id)
         print_claims(r.claims)
         console.print(f"wrote {out / 'seeds.json'} (seed k > 0 under {out / 'seeds'})")
         return
-    print_induction(run_induction_experiment(chosen, out, workers=workers, corpus=corpus))
+    print_induction(run_induction_experiment(chosen, out, workers=workers, corpus=corpus, device=device))
     console.print(f"wrote {out / 'results.json'}")
 
 

@@ -331,3 +331,28 @@ def test_training_rules_follow_only_a_model_that_is_there(tmp_path):
     other = TINY.but(models={**TINY.models, "1L": TINY.models["1L"].but(train={"eval_every": 7})})
     with pytest.raises(CircuitlabError, match="other token counts"):
         training_rules(other, tmp_path)
+
+
+def test_models_spread_over_the_visible_gpus_one_per_device():
+    from circuitlab.errors import CircuitlabError
+    from circuitlab.experiments.induction.run import device_plan
+
+    names = ["2L", "1L", "2L-smeared", "1L-smeared"]
+    assert device_plan("cuda", names, n_cuda=2) == {"2L": "cuda:0", "1L": "cuda:1", "2L-smeared": "cuda:0",
+                                                    "1L-smeared": "cuda:1"}
+    assert set(device_plan("cuda", names, n_cuda=8).values()) == {"cuda:0", "cuda:1", "cuda:2", "cuda:3"}
+    assert device_plan("cuda:3", names) == dict.fromkeys(names, "cuda:3")
+    assert device_plan("cpu", names) == dict.fromkeys(names, "cpu")
+    with pytest.raises(CircuitlabError, match="no CUDA device"):
+        device_plan("cuda", names, n_cuda=0)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_induction_on_a_missing_gpu_is_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from circuitlab.cli import app
+
+    r = CliRunner().invoke(app, ["experiment", "induction", "--device", "cuda", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "no CUDA device here" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "x" / "runs").exists()

@@ -12,6 +12,7 @@ import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
@@ -82,6 +83,19 @@ def model_configs(preset: ExperimentPreset) -> dict[str, tuple]:
     return {n: p.configs() for n, p in preset.models.items()}
 
 
+def device_plan(device: str, names: list[str], n_cuda: int | None = None) -> dict[str, str]:
+    """Which device trains each model, in training order. 'cuda' spreads them over the visible GPUs, one model per
+    device at a time (model i on cuda:i mod n); 'cuda:N', 'mps' and 'cpu' put them all on that one device."""
+    import torch
+
+    if device != "cuda":
+        return {n: device for n in names}
+    n = torch.cuda.device_count() if n_cuda is None else n_cuda
+    if n < 1:
+        raise CircuitlabError("--device cuda: no CUDA device here (this torch build or machine has none): use --device cpu")
+    return {name: f"cuda:{i % n}" for i, name in enumerate(names)}
+
+
 def training_rules(preset: ExperimentPreset, out: Path) -> dict[str, dict]:
     """How long each model trains (`online`): {"settle": stop once its phase change has settled, "follow": the run
     directory of the model it stops with}; the preset's token budgets are the caps. A follower must evaluate at the
@@ -107,9 +121,10 @@ def training_rules(preset: ExperimentPreset, out: Path) -> dict[str, dict]:
 
 
 def train_all(preset: ExperimentPreset, out: Path, workers: int | None = None, progress: bool = True,
-              corpus: dict | None = None) -> tuple[dict[str, float], str]:
+              corpus: dict | None = None, device: str = "cpu") -> tuple[dict[str, float], str]:
     """Train and measure every model of the preset under out/runs/NAME, on the default corpus or
-    `load_corpus(**corpus)`. Returns ({name: seconds from the start until it was done}, the corpus's id)."""
+    `load_corpus(**corpus)`, on `device` (see `device_plan`: with 'cuda', one model per GPU at a time). Returns
+    ({name: seconds from the start until it was done}, the corpus's id)."""
     import numpy as np
     from safetensors.torch import save_file
 
@@ -117,6 +132,10 @@ def train_all(preset: ExperimentPreset, out: Path, workers: int | None = None, p
     from circuitlab.induction.measure import Probe
 
     cfgs = model_configs(preset)
+    if device != "cpu":
+        from circuitlab.training.loop import check_device
+
+        check_device(device)  # one line before anything starts (the corpus, the probe) where the device is not here
     first_m, first_t = next(iter(cfgs.values()))
     corpus = corpus or {}
     data = prepare_tokens(load_corpus(**corpus), first_m.d_vocab, first_t.heldout_fraction)  # fills the token cache
@@ -129,13 +148,16 @@ def train_all(preset: ExperimentPreset, out: Path, workers: int | None = None, p
         atomic_write(probe_path, lambda tmp: save_file(
             {"windows": probe.windows, "pca_positions": probe.pca_positions, "allowed": probe.allowed}, tmp))
     cpus = free_cores()  # the cores not busy with other work: workers x threads never exceeds them
-    workers = workers or max(1, min(len(cfgs), 2 if cpus <= 4 else cpus // 2))
+    gpus = len(set(device_plan(device, list(cfgs)).values())) if device.startswith("cuda") else 0
+    workers = workers or (min(len(cfgs), gpus) if gpus else max(1, min(len(cfgs), 2 if cpus <= 4 else cpus // 2)))
     threads = threads_for(workers) if os.environ.get(THREADS_ENV) else max(1, cpus // workers)
     totals = {n: t.total_steps(m.n_ctx) for n, (m, t) in cfgs.items()}
     rules = training_rules(preset, out)
     # longest first, so the short smeared-key runs fill in behind the long ones; a follower after the run it follows
     order = sorted(cfgs, key=lambda n: (rules[n]["follow"] is not None,
                                         -cfgs[n][1].max_tokens * (1 + cfgs[n][0].n_layers)))
+    on = device_plan(device, order)
+    cfgs = {n: (m, replace(t, device=on[n])) for n, (m, t) in cfgs.items()}
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
     if workers == 1:  # in this process: no spawn, so a script needs no __main__ guard
@@ -184,7 +206,7 @@ def _show_progress(futures: dict, out: Path, totals: dict[str, int], seconds: di
 
 
 def run_induction_experiment(preset: str | ExperimentPreset, out: Path | str, workers: int | None = None,
-                             progress: bool = True, corpus: dict | None = None) -> InductionResults:
+                             progress: bool = True, corpus: dict | None = None, device: str = "cpu") -> InductionResults:
     """Train, measure and analyse; writes out/results.json and returns the results."""
     from circuitlab.experiments.induction.analysis import analyze_induction
     from circuitlab.induction.measure import read_measurements
@@ -192,7 +214,7 @@ def run_induction_experiment(preset: str | ExperimentPreset, out: Path | str, wo
     p = choose(PRESETS, preset, "induction preset") if isinstance(preset, str) else preset
     out = Path(out)
     t0 = time.perf_counter()
-    train_seconds, corpus_id = train_all(p, out, workers, progress, corpus)
+    train_seconds, corpus_id = train_all(p, out, workers, progress, corpus, device)
     t1 = time.perf_counter()
     result = analyze_induction(p, out)
     result.corpus = corpus_id
