@@ -1,10 +1,22 @@
 """circuitlab: train small transformers from scratch and read how they compute."""
 
 from circuitlab.errors import CircuitlabError
-from circuitlab.heads import Head
-from circuitlab.model import ModelConfig, Transformer
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """Head, ModelConfig and Transformer load torch and TransformerLens (seconds): only when asked for, so that `circuitlab
+    --help` is quick and a Ctrl-C while a command starts is one line, not a traceback."""
+    if name in ("ModelConfig", "Transformer"):
+        from circuitlab import model
+
+        return getattr(model, name)
+    if name == "Head":
+        from circuitlab.heads import Head
+
+        return Head
+    raise AttributeError(f"module 'circuitlab' has no attribute {name!r}")
 
 
 def load_run(path):

@@ -1,5 +1,5 @@
 """`python -m circuitlab` (what `torchrun ... -m circuitlab train ...` runs on every rank)."""
 
-from circuitlab.cli import app
+from circuitlab._entry import main
 
-app(prog_name="circuitlab")
+main()

@@ -76,10 +76,10 @@ def _friendly(fn):
     return wrapper
 
 
-def _use_free_cores() -> None:
+def _use_free_cores() -> int:
     from circuitlab.training.threads import use_free_cores
 
-    use_free_cores()
+    return use_free_cores()
 
 
 def _given(**flags) -> dict:
@@ -173,7 +173,7 @@ def train(
                                       "nccl on GPUs); the trajectory is the one a single process takes."),
 ):
     """Train a transformer on the embedded corpus (or your text) and save checkpoints to --out."""
-    _use_free_cores()
+    threads = _use_free_cores()
     if nproc < 1:
         raise CircuitlabError(f"--nproc must be at least 1 (got {nproc})")
     if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1") or 1) == 1:
@@ -208,6 +208,11 @@ def train(
         model_cfg, train_cfg = get_preset(preset).configs(model_flags, train_flags)
     if model_cfg.n_ctx < 2:
         raise CircuitlabError("--n-ctx must be at least 2 (a token and the next one to predict)")
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1:  # before the corpus is read: every rank says it, the launcher shows it once
+        from circuitlab.training.distributed import Ranks, check_split
+
+        check_split(train_cfg.batch_size, Ranks(int(os.environ.get("RANK", "0") or 0), world))
 
     data = prepare_tokens(load_corpus(corpus, **corpus_flags), model_cfg.d_vocab, train_cfg.heldout_fraction)
     console.print(
@@ -215,11 +220,18 @@ def train(
         f"{model_cfg.d_head}, n_ctx {model_cfg.n_ctx}, vocab {model_cfg.d_vocab}, {model_cfg.positional_embedding_type} "
         f"positions{', smeared keys' if model_cfg.smeared_keys else ''}; corpus {data.info['corpus']} "
         f"({data.info['train_tokens']:,} train / {data.info['heldout_tokens']:,} held-out tokens"
-        f"{', ' + str(data.info['skipped_files']) + ' non-UTF-8 files skipped' if data.info['skipped_files'] else ''})",
+        f"{', ' + str(data.info['skipped_files']) + ' non-UTF-8 files skipped' if data.info['skipped_files'] else ''}); "
+        f"{threads} torch thread{'' if threads == 1 else 's'}",
         highlight=False,
     )
     run = run_training(model_cfg, train_cfg, data, out, resume=resume, progress=not quiet)
     console.print(f"done: {len(run.checkpoints)} checkpoints in {out}/checkpoints; inspect with `circuitlab info {out}`")
+    if world > 1:
+        # Every file is written and the process group is closed. Leave without running the interpreter's teardown:
+        # gloo's threads, destroyed then, abort a rank now and then ("terminate called without an active exception").
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 @app.command()

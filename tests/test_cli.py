@@ -237,3 +237,35 @@ def test_resume_without_tokenizer_json_is_refused(small_corpus_dir, tmp_path):
     assert "tokenizer.json is missing" in line
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"} == \
         {p: b for p, b in before.items() if p.name != ".lock"}
+
+
+def test_ctrl_c_while_a_command_starts_is_one_line(small_corpus_dir, tmp_path):
+    """SIGINT at several moments of start-up (importing, tokenizing, the first steps): exit status 130 and one line,
+    never a traceback; afterwards the run continues with --resume (or the command starts afresh where nothing was
+    written)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def command(out, *extra):
+        return [sys.executable, "-m", "circuitlab", "train", "--text", str(small_corpus_dir), "--out", str(out),
+                "--n-layers", "1", "--d-model", "32", "--n-heads", "2", "--d-head", "16", "--n-ctx", "32",
+                "--d-vocab", "320", "--batch-size", "4", "--max-steps", "400", "--quiet", *extra]
+
+    for i, delay in enumerate((0.05, 0.3, 1.0, 2.5)):
+        out = tmp_path / f"run{i}"
+        p = subprocess.Popen(command(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+        time.sleep(delay)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=120)
+        assert "Traceback" not in err, (delay, err)
+        if p.returncode == 0:  # it finished before the signal came
+            continue
+        assert p.returncode in (130, -signal.SIGINT), (delay, p.returncode, err)
+        if p.returncode == 130:
+            assert "interrupted" in err.strip().splitlines()[-1], err
+        again = command(out, "--resume") if (out / "run.json").exists() else command(out)
+        r = subprocess.run(again, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, (delay, r.stderr[-500:])

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -181,3 +182,27 @@ def test_a_split_that_holds_out_far_more_than_asked_is_said(tmp_path, caplog):
         data = prepare_tokens(text_corpus(str(tmp_path)), 280, 0.02, cache=tmp_path / "cache")
     assert data.info["heldout_tokens"] > 0.3 * (data.info["train_tokens"] + data.info["heldout_tokens"])
     assert any("of the tokens are held out (asked for 2%)" in r.getMessage() for r in caplog.records)
+
+
+def test_an_unreadable_folder_is_named_not_reported_as_no_files(tmp_path, monkeypatch, caplog):
+    """(As root every folder is readable, so the refusal is simulated where the walk lists a folder.)"""
+    import os
+
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / "a.txt").write_text("hidden text\n")
+    (tmp_path / "open").mkdir()
+    (tmp_path / "open" / "b.txt").write_text("some text here\n")
+    real = os.scandir
+
+    def scandir(path="."):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(CircuitlabError, match=r"locked cannot be read \(Permission denied\): check its permissions"):
+        text_corpus(str(tmp_path / "locked"))
+    with caplog.at_level("WARNING", logger="circuitlab"):
+        c = text_corpus(str(tmp_path))  # the readable part is used, the locked folder named
+    assert [d.text for d in c.documents] == ["some text here\n"]
+    assert "skipped 1 folder(s) that cannot be read" in caplog.text and "locked" in caplog.text

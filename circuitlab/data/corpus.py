@@ -116,6 +116,21 @@ def _glob(pattern: str) -> list[Path]:
         return []
 
 
+def _walk(folder: Path) -> list[Path]:
+    """Every file under `folder`, not following directory symlinks. A folder that cannot be read is one line when
+    nothing else could be (not "no files match"), and a warning naming it when other files were found."""
+    errors: list[OSError] = []
+    files = [Path(d) / f for d, _, names in os.walk(folder, onerror=errors.append) for f in names]
+    files = [q for q in files if q.is_file()]
+    if errors:
+        e = errors[0]
+        what = f"{e.filename} cannot be read ({e.strerror or e})"
+        if not files:
+            raise CircuitlabError(f"--text {str(folder)!r}: {what}: check its permissions")
+        log.warning("skipped %d folder(s) that cannot be read, e.g. %s", len(errors), what)
+    return files
+
+
 def _unique(paths) -> list[Path]:
     """Each file once, whatever links lead to it (else held-out documents could leak into training)."""
     seen: dict[Path, Path] = {}
@@ -141,7 +156,7 @@ def text_corpus(pattern: str) -> Corpus:
     pattern = absolute_spec(f"text:{pattern}")[len("text:"):]
     p = Path(pattern)
     if p.is_dir():
-        paths = _unique(q for q in p.rglob("*") if q.is_file())
+        paths = _unique(_walk(p))
     elif p.is_file():
         paths = [p]
     else:

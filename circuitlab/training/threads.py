@@ -7,13 +7,11 @@ less this process's own time), and runs on the rest. CIRCUITLAB_THREADS=N overri
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 
 from circuitlab.errors import CircuitlabError
 
-log = logging.getLogger(__name__)
 ENV = "CIRCUITLAB_THREADS"
 
 
@@ -79,16 +77,11 @@ def threads_for(workers: int = 1, sample_s: float = 0.3) -> int:
 
 
 def use_free_cores() -> int:
-    """Set torch's thread count to the free cores (or CIRCUITLAB_THREADS); says so when it is fewer than the cores.
-    Under torchrun, each of the LOCAL_WORLD_SIZE ranks on this machine takes its share."""
+    """Set torch's thread count to the free cores (or CIRCUITLAB_THREADS) and return it. Under torchrun, each of the
+    LOCAL_WORLD_SIZE ranks on this machine takes its share. (Silent: stderr is for errors; `circuitlab train`
+    prints the count in its first line.)"""
     import torch
 
-    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    n, total = threads_for(ranks), cores()
-    if ranks > 1:
-        total = max(1, total // ranks)
+    n = threads_for(int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     torch.set_num_threads(n)
-    if n < total and os.environ.get(ENV) is None:
-        log.info("%d of %d cores are busy with other work: running %d torch thread%s (%s=N sets it)", total - n, total,
-                 n, "" if n == 1 else "s", ENV)
     return n
