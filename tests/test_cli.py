@@ -269,3 +269,64 @@ def test_ctrl_c_while_a_command_starts_is_one_line(small_corpus_dir, tmp_path):
         again = command(out, "--resume") if (out / "run.json").exists() else command(out)
         r = subprocess.run(again, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, (delay, r.stderr[-500:])
+
+
+def test_a_full_disk_is_one_line_and_loses_nothing(small_corpus_dir, tmp_path, monkeypatch):
+    """ENOSPC while writing the token cache, then while writing the third checkpoint: exit status 2 with one line
+    naming the disk space, no half-written cache or checkpoint left, the checkpoints already written intact, and
+    --resume finishes the run once there is space again."""
+    import errno
+
+    import numpy as np
+    import torch
+
+    import circuitlab.data.tokens as tokens_mod
+    import circuitlab.training.checkpoints as ckpt_mod
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    args = ["train", "--text", str(small_corpus_dir), "--out", str(tmp_path / "run"), "--n-layers", "1",
+            "--d-model", "32", "--n-heads", "2", "--d-head", "16", "--n-ctx", "32", "--d-vocab", "320",
+            "--batch-size", "4", "--max-steps", "30", "--checkpoint-every", "10", "--log-checkpoints", "0", "--quiet"]
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CIRCUITLAB_CACHE", str(cache))
+    with monkeypatch.context() as m:
+        m.setattr(tokens_mod.np, "save", full)
+        r = runner.invoke(app, args)
+    assert r.exit_code == 2 and "No space left on device" in r.output and "free disk space" in r.output, r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+    assert not list(cache.glob("tokens-*"))  # no half-written token cache
+    saved = ckpt_mod.save_file
+    reference = runner.invoke(app, [a if a != str(tmp_path / "run") else str(tmp_path / "reference") for a in args])
+    assert reference.exit_code == 0, reference.output
+    final = {k: v.clone() for k, v in circuitlab.load_run(tmp_path / "reference").model().state_dict().items()}
+    # save_file is called for checkpoint 0, optimizer 0, checkpoint 10, optimizer 10, checkpoint 20, ...: the disk
+    # fills up at the optimizer save after checkpoint 10, or at checkpoint 20
+    for fails_at, resumes_from in ((4, 0), (5, 10)):
+        out = tmp_path / f"run-{fails_at}"
+        run_args = [a if a != str(tmp_path / "run") else str(out) for a in args]
+        calls = []
+
+        def fills_up(*a, **k):
+            calls.append(1)
+            if len(calls) >= fails_at:
+                full()
+            return saved(*a, **k)
+
+        with monkeypatch.context() as m:
+            m.setattr(ckpt_mod, "save_file", fills_up)
+            r = runner.invoke(app, run_args)
+        assert r.exit_code == 2 and "No space left on device" in r.output and "Traceback" not in r.output, r.output
+        run = circuitlab.load_run(out)
+        assert run.checkpoints == [0, 10] and not list(out.rglob("*.tmp"))
+        for s in run.checkpoints:
+            assert np.isfinite(run.model(s).W_E.detach().numpy()).all()  # they load (their digests check out)
+        assert ckpt_mod.optimizer_step(out) == resumes_from  # the optimizer state saved before the disk filled up
+        r = runner.invoke(app, run_args + ["--resume"])
+        assert r.exit_code == 0, r.output
+        after = circuitlab.load_run(out)
+        assert after.checkpoints == [0, 10, 20, 30]
+        got = after.model().state_dict()
+        assert all(torch.equal(got[k], v) for k, v in final.items())  # the uninterrupted run's weights, exactly
+        assert [m["step"] for m in after.metrics] == [m["step"] for m in circuitlab.load_run(tmp_path / "reference").metrics]

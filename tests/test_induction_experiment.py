@@ -356,3 +356,19 @@ def test_induction_on_a_missing_gpu_is_one_line(tmp_path):
     r = CliRunner().invoke(app, ["experiment", "induction", "--device", "cuda", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "no CUDA device here" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "x" / "runs").exists()
+
+
+def test_measuring_a_run_another_process_holds_is_refused(small_corpus_dir, tiny_experiment):
+    from circuitlab.errors import CircuitlabError
+    from circuitlab.training.lock import run_lock
+
+    out, _ = tiny_experiment
+    path = out / "runs" / "2L" / "measurements.jsonl"
+    before = path.read_text()
+    with run_lock(out / "runs" / "2L"):
+        with pytest.raises(CircuitlabError, match="in use"):
+            run_induction_experiment(TINY, out, workers=1, progress=False, corpus={"text": str(small_corpus_dir)})
+    assert path.read_text() == before
+    from circuitlab.experiments.induction.online import FAILED_NAME
+
+    (out / "runs" / "2L" / FAILED_NAME).unlink(missing_ok=True)  # the fixture is shared

@@ -21,6 +21,7 @@ from circuitlab.training.presets import ExperimentPreset
 from tests.planted_ioi import planted_ioi_model, word_tokenizer
 from tests.test_induction_experiment import TINY
 
+QUOTED = 'say "hi" & <b>bold</b>'  # Plotly's own label markup (<b>) and entities must show as typed
 EVIL = ["<script>window.__pwned = 1</script>", "</div></section><h1>injected", "<img src=x onerror=\"window.__pwned=2\">"]
 
 
@@ -52,7 +53,7 @@ def results_dir(small_corpus_dir, tmp_path_factory):
     ioi.save(out / "ioi" / "results.json")
     # plant hostile strings where corpus text is shown
     ind = json.loads((out / "induction" / "results.json").read_text())
-    ind["attention_viewer"][0]["tokens"][1:4] = EVIL
+    ind["attention_viewer"][0]["tokens"][1:5] = EVIL + [QUOTED]
     (out / "induction" / "results.json").write_text(json.dumps(ind))
     a0 = json.loads((out / "circuits" / "attn0" / "analysis.json").read_text())
     a0["bigram_agreement"]["strongest"][0]["prev"] = EVIL[1]
@@ -147,6 +148,24 @@ def test_report_in_headless_chromium(results_dir, tmp_path):
         WebDriverWait(driver, 10).until(lambda d: viewer.get_attribute("data-head") == "0.1")
         z1 = driver.execute_script("return JSON.stringify(document.getElementById('viewer-plot').data[0].z)")
         assert first != "0.1" and z1 != z0
+        # Plotly's labels show corpus tokens as typed: hover a cell of the hostile rows and read the hover label
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        plot = driver.find_element(By.ID, "viewer-plot")
+        dx, dy = driver.execute_script("""
+            const d = document.getElementById('viewer-plot'), fl = d._fullLayout, r = d.getBoundingClientRect();
+            return [fl.xaxis._offset + fl.xaxis.l2p(1) - r.width / 2, fl.yaxis._offset + fl.yaxis.l2p(4) - r.height / 2];""")
+        ActionChains(driver).move_to_element_with_offset(plot, int(dx), int(dy)).perform()  # the mouse, as a person
+        WebDriverWait(driver, 10).until(lambda d: d.execute_script(
+            "return document.querySelector('#viewer-plot .hoverlayer').textContent.length > 0"))
+        hover = driver.execute_script("return document.querySelector('#viewer-plot .hoverlayer').textContent")
+        assert "query 4 " + QUOTED in hover and "key 1 " + EVIL[0] in hover, hover
+        assert "&quot;" not in hover and "&lt;" not in hover and "&amp;" not in hover
+        ticks = driver.execute_script("return Array.from(document.querySelectorAll('#viewer-plot .xtick text, "
+                                      "#viewer-plot .ytick text')).map(t => t.textContent)")
+        assert ticks and not any("&quot;" in t or "&lt;" in t for t in ticks)
+        assert not driver.find_elements(By.CSS_SELECTOR, "#viewer-plot img, #viewer-plot script")
+        assert driver.execute_script("return window.__pwned === undefined")
         assert "active" in button.get_attribute("class")
         shot = tmp_path / "report.png"
         driver.save_screenshot(str(shot))

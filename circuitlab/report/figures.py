@@ -1,5 +1,5 @@
 """Plotly figure specs as plain dicts ({"data": [...], "layout": {...}}), for every experiment's report section.
-Every string that can come from a corpus goes through `esc` (Plotly renders its own pseudo-HTML in labels; escaped
+Every string that can come from a corpus goes through `label` (Plotly renders its own pseudo-HTML in labels; escaped
 entities show as text)."""
 
 from __future__ import annotations
@@ -10,7 +10,14 @@ ATTENTION = [[0, "#ffffff"], [1, "#08306b"]]  # white (no attention) to dark blu
 
 
 def esc(s) -> str:
+    """For HTML text and attributes."""
     return html.escape(str(s), quote=True)
+
+
+def label(s) -> str:
+    """For Plotly's labels (titles, ticks, hover text, annotations): Plotly reads its own pseudo-HTML there and
+    decodes &lt; &gt; &amp; but not &quot;, so quotes are left as they are (a label is never an HTML attribute)."""
+    return html.escape(str(s), quote=False)
 
 
 def fig(data: list, title: str, x: str = "", y: str = "", **layout) -> dict:
@@ -30,7 +37,7 @@ def window_shapes(windows: list[tuple[int | None, int | None, str]]) -> list[dic
 def vlines(xs: dict[str, float | None]) -> tuple[list[dict], list[dict]]:
     shapes = [{"type": "line", "xref": "x", "yref": "paper", "x0": x, "x1": x, "y0": 0, "y1": 1,
                "line": {"dash": "dot", "width": 1, "color": "#555"}} for x in xs.values() if x is not None]
-    notes = [{"x": x, "y": 1, "xref": "x", "yref": "paper", "text": esc(k), "showarrow": False, "yanchor": "bottom",
+    notes = [{"x": x, "y": 1, "xref": "x", "yref": "paper", "text": label(k), "showarrow": False, "yanchor": "bottom",
               "font": {"size": 10}} for k, x in xs.items() if x is not None]
     return shapes, notes
 

@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-from circuitlab.report.figures import esc
+from circuitlab.report.figures import esc, label
 from circuitlab.results import atomic_write_text
 
 
@@ -74,7 +74,7 @@ def viewer_section(page: Page, prompts: list[dict], start_head: str | None = Non
     """start_head: 'layer.head' shown first (the best induction head), else the last layer's head 0."""
     n_layers, n_heads = len(prompts[0]["patterns"]), len(prompts[0]["patterns"][0])
     layer, head = map(int, (start_head or f"{n_layers - 1}.0").split("."))
-    data = [{"title": esc(p["title"]), "tokens": [esc(t) for t in p["tokens"]], "patterns": p["patterns"],
+    data = [{"title": label(p["title"]), "tokens": [label(t) for t in p["tokens"]], "patterns": p["patterns"],
              "start": [layer, head]} for p in prompts]
     page.figures["__viewer__"] = data
     prompt_buttons = "".join(f'<button class="prompt" data-prompt="{i}">{esc(p["title"])}</button>'

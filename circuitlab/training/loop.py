@@ -230,8 +230,12 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task, out: Path
     peak = peak_matmul_flops(str(device)) if flops_per_token else None
     last_good = start
 
-    if start == 0 and ranks.main:
+    fresh = start == 0 and not state  # not a run resumed from its step-0 save
+    if fresh and ranks.main:
         save_checkpoint(out, model, 0, 0)
+        # The optimizer's step-0 state too (empty: AdamW has not stepped), so that a disk that fills up at the next
+        # save leaves a run that --resume continues exactly, from step 0, instead of one it must refuse.
+        save_optimizer(out, optimizer, model, 0, {"recent_train_losses": [], "eval_pending": True})
     bar = TrainProgress(task.kind, total, start, tokens_per_step) if progress else None
     recent: list[float] = state.get("recent_train_losses", [])  # since the last evaluation
     t_window, tokens_window = time.perf_counter(), 0
@@ -272,7 +276,7 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task, out: Path
             {"step": step, "tokens": step * tokens_per_step, "reason": reason}, indent=2))
 
     try:
-        if start == 0:
+        if fresh:
             log_eval(0)
         elif state.get("eval_pending"):
             # saved at an evaluation step: its row was written before a crash, or is written now, from the same

@@ -3,7 +3,7 @@ ablations, from the results in their JSON form (as the report reads them from di
 
 from __future__ import annotations
 
-from circuitlab.report.figures import band, esc, fig, vlines
+from circuitlab.report.figures import band, esc, fig, label, vlines
 from circuitlab.report.page import Page, table
 
 
@@ -42,11 +42,11 @@ def grokking_figures(g: dict, seeds: list[dict] = ()) -> dict[str, dict]:
     }
     fn = g["fourier_norms"]
     figs["fourier"] = fig([{"type": "bar", "x": fn["names"], "y": fn["W_E"], "name": "W_E"}],
-                          f"Norm of W_E along each Fourier component (key frequencies {esc(g['key_frequencies'])})",
+                          f"Norm of W_E along each Fourier component (key frequencies {label(g['key_frequencies'])})",
                           "Fourier component", "norm", height=320)
     clusters = g.get("neuron_clusters", {})
     figs["neurons"] = fig([{"type": "bar", "x": [f"freq {k}" for k in clusters], "y": list(clusters.values())}],
-                          f"Neurons by their dominant frequency ({esc(g['neurons_alive'])} active neurons; "
+                          f"Neurons by their dominant frequency ({label(g['neurons_alive'])} active neurons; "
                           f"{100 * g['share_of_neurons_explained_by_one_frequency']:.0f}% > 85% explained by one)",
                           "frequency", "neurons", height=300)
     return figs

@@ -7,7 +7,7 @@ import numpy as np
 
 from circuitlab.experiments.induction.claims import window_text
 from circuitlab.induction.phase import Window
-from circuitlab.report.figures import ATTENTION, band, esc, fig, window_shapes
+from circuitlab.report.figures import ATTENTION, band, esc, fig, label, window_shapes
 from circuitlab.report.page import Page, table
 
 COLOURS = {"1L": "#1f77b4", "2L": "#d62728", "3L": "#9467bd", "1L-smeared": "#17becf", "2L-smeared": "#ff7f0e"}
@@ -93,7 +93,7 @@ def induction_figures(r: dict, seeds: list[dict] = ()) -> dict[str, dict]:
         {"type": "scatter", "mode": "markers", "x": [tr[pca["pivot_index"], 0]], "y": [tr[pca["pivot_index"], 1]],
          "name": f"pivot ({pca['pivot_tokens'] / 1e6:.1f}M tokens)", "marker": {"size": 14, "symbol": "x",
                                                                                "color": "#d62728"}}],
-        f"Per-token-loss PCA over checkpoints ({esc(pca['examples'])} held-out examples, one token each)", "PC1", "PC2")
+        f"Per-token-loss PCA over checkpoints ({label(pca['examples'])} held-out examples, one token each)", "PC1", "PC2")
     ab = r["ablation"]
     if ab["over_training"]:
         rows = ab["over_training"]
@@ -106,23 +106,23 @@ def induction_figures(r: dict, seeds: list[dict] = ()) -> dict[str, dict]:
         figs["ablation_share"] = fig([{"type": "scatter", "mode": "lines+markers", "x": [row["tokens"] for row in rows],
                                        "y": [row["group_share"] for row in rows], "name": "share"}],
                                      f"Share of the ICL score carried by the induction heads "
-                                     f"({esc(', '.join(ab['group']) or 'none')}), pattern-preserving",
+                                     f"({label(', '.join(ab['group']) or 'none')}), pattern-preserving",
                                      "", "share", xaxis=logx, yaxis={"range": [-0.2, 1.2]})
     beh = r["behaviours"]
     c = beh.get("copying")
     if c:
         toks = c["tokens"][1:]
         figs["copying"] = fig([{"type": "bar", "x": list(range(1, len(toks) + 1)), "y": c["per_token_loss"],
-                                "text": [esc(t) for t in toks], "textposition": "none", "hovertemplate": "%{text}: %{y:.2f} nats<extra></extra>"}],
+                                "text": [label(t) for t in toks], "textposition": "none", "hovertemplate": "%{text}: %{y:.2f} nats<extra></extra>"}],
                               f"Per-token loss on the rare-identifier passage (identifier occurrences at "
-                              f"{esc(c['occurrences'])}); hover for tokens", "predicted token position", "nats")
+                              f"{label(c['occurrences'])}); hover for tokens", "predicted token position", "nats")
     for key, title in (("translation", "Fuzzy-induction head on the translation task"),
                        ("pattern", "Best head on the pattern-matching task")):
         b = beh.get(key)
         if b:
-            labels = [f"{i}:{esc(t)}" for i, t in enumerate(b["tokens"])]
+            labels = [f"{i}:{label(t)}" for i, t in enumerate(b["tokens"])]
             figs[key] = fig([{"type": "heatmap", "z": b["pattern"], "x": labels, "y": labels, "colorscale": ATTENTION}],
-                            f"{title}: head {esc(b['best_head'])} (query rows, key columns)", "key", "query", height=460,
+                            f"{title}: head {label(b['best_head'])} (query rows, key columns)", "key", "query", height=460,
                             yaxis={"autorange": "reversed"})
     return figs
 

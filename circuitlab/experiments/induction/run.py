@@ -39,6 +39,7 @@ def _train_and_measure(name: str, mcfg: dict, tcfg: dict, run_dir: str, probe_pa
     from circuitlab.induction.measure import Probe, measure_run
     from circuitlab.model import ModelConfig
     from circuitlab.training import Run, TrainConfig, train
+    from circuitlab.training.lock import run_lock
     from circuitlab.training.run import finished_run
 
     if set_threads:
@@ -54,7 +55,8 @@ def _train_and_measure(name: str, mcfg: dict, tcfg: dict, run_dir: str, probe_pa
             online = MeasureAsTraining(probe, run_dir / "measurements.jsonl", settle=rule["settle"],
                                        follow=Path(rule["follow"]) if rule["follow"] else None)
             train(m, t, data, run_dir, resume=(run_dir / "run.json").exists(), progress=False, callbacks=[online])
-        measure_run(Run.open(run_dir), probe, run_dir / "measurements.jsonl")
+        with run_lock(run_dir):  # measurements.jsonl is the run's too: one writer at a time
+            measure_run(Run.open(run_dir), probe, run_dir / "measurements.jsonl")
     except BaseException:
         if run_dir.exists():
             (run_dir / FAILED_NAME).write_text("failed\n")

@@ -4,7 +4,7 @@ the results in their JSON form."""
 
 from __future__ import annotations
 
-from circuitlab.report.figures import esc, fig
+from circuitlab.report.figures import esc, fig, label
 from circuitlab.report.page import Page, table
 
 COLORS = {"name mover": "#2ca02c", "negative name mover": "#d62728", "backup name mover": "#bcbd22", "S-inhibition": "#9467bd",
@@ -45,7 +45,7 @@ def ioi_figures(r: dict) -> dict[str, dict]:
                                 {"type": "heatmap", "z": z, "colorscale": "RdBu", "zmid": 0, "name": "exact",
                                  "colorbar": {"title": "% change"},
                                  "hovertemplate": "exact %{z:.1f}%<extra>layer %{y} head %{x}</extra>"}],
-                               f"Step {i + 1}: senders into {esc(into)} (exact: solid; screen: faint)", "head", "layer",
+                               f"Step {i + 1}: senders into {label(into)} (exact: solid; screen: faint)", "head", "layer",
                                height=max(260, 14 * L + 120), yaxis={"autorange": "reversed"})
     classes = r["classes"]
     L, H = r["steps"][0]["screen"]["shape"]
