@@ -26,13 +26,18 @@ def last_position_logits(model: Transformer, tokens: Tensor) -> Tensor:
     pos = torch.arange(T, device=tokens.device)
     # Gather q, k, v from per-(position, token) tables. Separate tables, not slices of one gathered tensor: the
     # backward of a slice allocates and zero-fills the whole [batch, ...] tensor, which dominated the step.
-    q = torch.einsum("vd,hde->vhe", resid_in[T - 1], a.W_Q)[tokens[:, -1]]  # [B, H, E]: the last query only
-    k = torch.einsum("tvd,hde->tvhe", resid_in, a.W_K)[pos, tokens]  # [B, T, H, E]
-    v = torch.einsum("tvd,hde->tvhe", resid_in, a.W_V)[pos, tokens]
+    V = cfg.d_vocab
+    rows = tokens + V * pos  # each (position, token)'s row of the flattened [T * V] tables
+    # F.embedding, not indexing: its backward accumulates rows in one fast pass, where indexing's backward
+    # (index_put_ with accumulate) took a third of the step (benchmarks/grokking_step.py)
+    q = F.embedding(tokens[:, -1], torch.einsum("vd,hde->vhe", resid_in[T - 1], a.W_Q).reshape(V, H * E))
+    k = F.embedding(rows, torch.einsum("tvd,hde->tvhe", resid_in, a.W_K).reshape(T * V, H * E))
+    v = F.embedding(rows, torch.einsum("tvd,hde->tvhe", resid_in, a.W_V).reshape(T * V, H * E))
+    q, k, v = q.view(B, H, E), k.view(B, T, H, E), v.view(B, T, H, E)
     # tiny per-example products: elementwise beats batched matmuls of 1 x E by E x T
     pattern = ((q[:, None] * k).sum(-1) / math.sqrt(E)).softmax(1)  # [B, T, H]: the last query sees all T
     z = (pattern[..., None] * v).sum(1)  # [B, H, E]
-    resid = resid_in[T - 1][tokens[:, -1]] + z.reshape(B, H * E) @ a.W_O.reshape(H * E, cfg.d_model)
+    resid = F.embedding(tokens[:, -1], resid_in[T - 1]) + z.reshape(B, H * E) @ a.W_O.reshape(H * E, cfg.d_model)
     if not cfg.attn_only:
         mlp = model.blocks[0].mlp
         resid = resid + F.relu(resid @ mlp.W_in + mlp.b_in) @ mlp.W_out + mlp.b_out
