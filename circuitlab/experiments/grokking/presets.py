@@ -46,5 +46,5 @@ def changed_preset(base: ExperimentPreset, **given) -> ExperimentPreset:
 PRESETS: dict[str, ExperimentPreset] = {
     "paper": grokking_preset("paper"),
     # Same model, data and optimiser; fewer epochs (stops soon after grokking is usually complete for seed 0).
-    "quick": grokking_preset("quick", ("12,000 epochs (paper: 40,000)",), epochs=12_000),
+    "quick": grokking_preset("quick", ("16,000 epochs (paper: 40,000)",), epochs=16_000),
 }
