@@ -329,8 +329,8 @@ def view(
     from circuitlab.training import Run
     from circuitlab.viz.explore import choose_checkpoints, explore, read_text
 
-    if not 1 <= max_tokens <= 65_535:
-        raise CircuitlabError(f"--max-tokens must be from 1 to 65535 (got {max_tokens})")
+    if not 1 <= max_tokens <= 60_000:  # positions travel as uint16, BOS tokens of the windows included
+        raise CircuitlabError(f"--max-tokens must be from 1 to 60000 (got {max_tokens})")
     run = Run.open(run_dir)
     body, source = read_text(text)
     if source == "the text given" and len(text) < 200 and any(text.endswith(e) for e in (".md", ".txt", ".py", ".rst")):
