@@ -53,12 +53,24 @@ app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True
                   help="Train small attention-only transformers and read their circuits.")
 
 
+def _log_to_console() -> None:
+    """Show circuitlab's own INFO messages on stderr. Only the "circuitlab" logger is configured, not the root one:
+    with the root at INFO, other libraries' messages (torch logs FakeTensor cache statistics at exit) would reach the
+    user, after the one line an interrupted or failed command promises."""
+    log = logging.getLogger("circuitlab")
+    if not any(isinstance(h, RichHandler) for h in log.handlers):
+        handler = RichHandler(show_path=False, console=err_console)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
 def _friendly(fn):
     """Turn a CircuitlabError into one red line on stderr and exit status 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(show_path=False, console=err_console)])
+        _log_to_console()
         try:
             return fn(*args, **kwargs)
         except CircuitlabError as e:

@@ -1,4 +1,5 @@
 import json
+import logging
 
 import pytest
 from typer.testing import CliRunner
@@ -74,6 +75,10 @@ def test_metrics_file_is_jsonl(small_corpus_dir, tmp_path):
     assert r.exit_code == 0, r.output
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [0, 3]
+    # Only circuitlab's own messages are turned up to INFO: other libraries' INFO logs (torch's FakeTensor cache
+    # statistics at exit) would otherwise print after the one line an interrupted command ends with.
+    assert logging.getLogger("circuitlab").isEnabledFor(logging.INFO)
+    assert not logging.getLogger("torch._subclasses.fake_tensor").isEnabledFor(logging.INFO)
 
 
 def test_analyze_writes_analysis_json(small_corpus_dir, tmp_path):
