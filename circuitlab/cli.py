@@ -180,7 +180,7 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Seed of the initialisation and of the data order."),
     device: Optional[str] = typer.Option(None, help="'cpu' or 'cuda'."),
     autocast: Optional[str] = typer.Option(None, help="'none' or 'bf16' (autocast, for GPUs)."),
-    quiet: bool = typer.Option(False, help="No progress bar."),
+    quiet: bool = typer.Option(False, help="No progress bar and no progress notes (warnings and errors only)."),
     nproc: int = typer.Option(1, help="Data-parallel processes on this machine (launches torchrun; gloo on CPUs, "
                                       "nccl on GPUs); the trajectory is the one a single process takes."),
 ):
@@ -193,6 +193,8 @@ def train(
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 talks
         quiet = True
         console.quiet = True
+    if quiet:
+        logging.getLogger("circuitlab").setLevel(logging.WARNING)
     from circuitlab.data import corpus_kwargs, load_corpus, prepare_tokens
     from circuitlab.training import Run, get_preset
     from circuitlab.training import train as run_training

@@ -77,7 +77,11 @@ def test_metrics_file_is_jsonl(small_corpus_dir, tmp_path):
     assert [row["step"] for row in rows] == [0, 3]
     # Only circuitlab's own messages are turned up to INFO: other libraries' INFO logs (torch's FakeTensor cache
     # statistics at exit) would otherwise print after the one line an interrupted command ends with.
-    assert logging.getLogger("circuitlab").isEnabledFor(logging.INFO)
+    # (--quiet keeps circuitlab's own notes to warnings too.)
+    assert logging.getLogger("circuitlab").handlers and not logging.getLogger("circuitlab").isEnabledFor(logging.INFO)
+    assert not logging.getLogger("torch._subclasses.fake_tensor").isEnabledFor(logging.INFO)
+    r = runner.invoke(app, ["info", str(out)])
+    assert r.exit_code == 0 and logging.getLogger("circuitlab").isEnabledFor(logging.INFO)
     assert not logging.getLogger("torch._subclasses.fake_tensor").isEnabledFor(logging.INFO)
 
 

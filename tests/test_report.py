@@ -152,12 +152,20 @@ def test_report_in_headless_chromium(results_dir, tmp_path):
         from selenium.webdriver.common.action_chains import ActionChains
 
         plot = driver.find_element(By.ID, "viewer-plot")
-        dx, dy = driver.execute_script("""
-            const d = document.getElementById('viewer-plot'), fl = d._fullLayout, r = d.getBoundingClientRect();
-            return [fl.xaxis._offset + fl.xaxis.l2p(1) - r.width / 2, fl.yaxis._offset + fl.yaxis.l2p(4) - r.height / 2];""")
-        ActionChains(driver).move_to_element_with_offset(plot, int(dx), int(dy)).perform()  # the mouse, as a person
-        WebDriverWait(driver, 10).until(lambda d: d.execute_script(
-            "return document.querySelector('#viewer-plot .hoverlayer').textContent.length > 0"))
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", plot)
+
+        def hovered(d):
+            # the mouse, as a person: off the cell and onto it again on every try, so a move that came while the
+            # head's redraw was still running (a busy machine) is repeated rather than waited on
+            dx, dy = d.execute_script("""
+                const d = document.getElementById('viewer-plot'), fl = d._fullLayout, r = d.getBoundingClientRect();
+                return [fl.xaxis._offset + fl.xaxis.l2p(1) - r.width / 2,
+                        fl.yaxis._offset + fl.yaxis.l2p(4) - r.height / 2];""")
+            ActionChains(d).move_to_element_with_offset(plot, int(dx) + 3, int(dy) + 3).pause(0.05) \
+                .move_to_element_with_offset(plot, int(dx), int(dy)).perform()
+            return d.execute_script("return document.querySelector('#viewer-plot .hoverlayer').textContent.length > 0")
+
+        WebDriverWait(driver, 30, poll_frequency=0.5).until(hovered)
         hover = driver.execute_script("return document.querySelector('#viewer-plot .hoverlayer').textContent")
         assert "query 4 " + QUOTED in hover and "key 1 " + EVIL[0] in hover, hover
         assert "&quot;" not in hover and "&lt;" not in hover and "&amp;" not in hover
