@@ -1,6 +1,7 @@
 """Training throughput: circuitlab's fused fast path vs the same model as TransformerLens's native model.
 
-Both models hold the same weights (converted with circuitlab.model.bridge), train on the same batches with the same
+Both models hold the same weights (converted with circuitlab.model.bridge), train on the same stream of fresh corpus
+batches (one per step, never repeated) with the same
 AdamW settings and gradient clipping, and are timed in alternating rounds in one process, so machine noise hits both.
 MFU = tokens/s x training FLOPs per token (PaLM's 6N + 12 L H d_head T) / a matmul peak measured in the same run.
 
@@ -16,9 +17,12 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from circuitlab.data import load_corpus, prepare_tokens
+from circuitlab.data.windows import sample_windows
 from circuitlab.model import ModelConfig, Transformer
 from circuitlab.model.bridge import to_transformer_bridge
 from circuitlab.training import get_preset
@@ -49,13 +53,28 @@ def bridge_loss(bridge):
     return f
 
 
-def time_round(step, batches, seconds: float) -> float:
-    """tokens/s over as many steps as fit in `seconds`."""
-    n, t0, i = 0, time.perf_counter(), 0
+class Stream:
+    """A fresh batch for every step, as real training sees them: windows of the embedded corpus (tokenized with the
+    preset's vocabulary, from the cache) at offsets drawn from (seed 0, step). Each model keeps its own position in
+    the same stream, so both see the same batches in the same order and neither can memorise them (cycling over a
+    few fixed batches drove both into a near-zero-loss regime real training never sees, and the rounds drifted)."""
+
+    def __init__(self, tokens, batch_size: int, n_ctx: int, device: str):
+        self.tokens, self.batch_size, self.n_ctx, self.device, self.step = tokens, batch_size, n_ctx, device, 0
+
+    def next(self) -> torch.Tensor:
+        rng = np.random.default_rng([0, self.step])
+        self.step += 1
+        return sample_windows(self.tokens, self.batch_size, self.n_ctx, rng, bos=True).to(self.device)
+
+
+def time_round(step, stream: Stream, seconds: float) -> float:
+    """tokens/s over as many steps as fit in `seconds` (drawing the batches is timed too; it is the same for both)."""
+    n, t0 = 0, time.perf_counter()
     while True:
-        step(batches[i % len(batches)])
-        n += batches[0].numel()
-        i += 1
+        batch = stream.next()
+        step(batch)
+        n += batch.numel()
         if time.perf_counter() - t0 > seconds:
             return n / (time.perf_counter() - t0)
 
@@ -74,10 +93,12 @@ def main() -> None:
     cfg = ModelConfig(**(get_preset(args.preset).model | {"positional_embedding_type": "standard"}))
     ours = Transformer(cfg).to(args.device)
     native = to_transformer_bridge(ours)
-    g = torch.Generator().manual_seed(0)
-    batches = [torch.randint(0, cfg.d_vocab, (args.batch_size, cfg.n_ctx), generator=g).to(args.device) for _ in range(8)]
+    data = prepare_tokens(load_corpus("stdlib"), cfg.d_vocab)
+    streams = {name: Stream(data.train, args.batch_size, cfg.n_ctx, args.device)
+               for name in ("circuitlab_fast_path", "transformer_lens_native")}
+    first = Stream(data.train, args.batch_size, cfg.n_ctx, args.device).next()
     with torch.no_grad():
-        assert torch.allclose(ours(batches[0]), native(batches[0]), atol=1e-4), "the two models must compute the same function"
+        assert torch.allclose(ours(first), native(first), atol=1e-4), "the two models must compute the same function"
 
     steps = {
         # ours: the trainer's own optimizer (fused AdamW); TL's: a plain AdamW with the same settings
@@ -85,14 +106,14 @@ def main() -> None:
         "transformer_lens_native": step_fn(native, bridge_loss(native), torch.optim.AdamW(
             native.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.01)),
     }
-    for step in steps.values():  # warm-up
-        for b in batches[:3]:
-            step(b)
+    for name, step in steps.items():  # warm-up
+        for _ in range(3):
+            step(streams[name].next())
     peak = peak_matmul_flops(args.device, n=1024, seconds=1.0)
     rates: dict[str, list[float]] = {k: [] for k in steps}
     for _ in range(args.rounds):
         for name, step in steps.items():
-            rates[name].append(time_round(step, batches, args.seconds))
+            rates[name].append(time_round(step, streams[name], args.seconds))
     peak_after = peak_matmul_flops.__wrapped__(args.device, n=1024, seconds=1.0)
 
     fpt = train_flops_per_token(cfg)
@@ -106,6 +127,8 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads(),
                     "torch": torch.__version__, "device": args.device},
         "rounds": args.rounds, "seconds_per_round": args.seconds,
+        "batches": "a fresh window batch of the stdlib corpus per step, the same stream for both models",
+        "steps": {name: st.step for name, st in streams.items()},
     }
     for name, r in rates.items():
         med = statistics.median(r)

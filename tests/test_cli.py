@@ -1,5 +1,6 @@
 import json
 import logging
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -62,6 +63,24 @@ def test_bad_input_is_one_clear_line(args, expected, small_corpus_dir, tmp_path)
     assert not (tmp_path / "x" / "run.json").exists()
 
 
+def test_devices_this_machine_lacks_are_one_line_from_the_command_line(small_corpus_dir, tmp_path):
+    import torch
+
+    base = ["train", "--text", str(small_corpus_dir), "--out", str(tmp_path / "x"), "--max-steps", "1", *TINY]
+    cases = [("junk", "is not a device"), ("ipu", "trains on cpu, cuda or mps")]
+    if not torch.cuda.is_available():
+        cases += [("cuda", "no CUDA device here"), ("cuda:1", "no CUDA device here")]
+    if not torch.backends.mps.is_available():
+        cases.append(("mps", "no Apple-silicon GPU"))
+    for device, message in cases:
+        r = runner.invoke(app, [*base, "--device", device])
+        assert r.exit_code == 2 and message in error_line(r) and "Traceback" not in r.output, (device, r.output)
+        assert not (tmp_path / "x" / "run.json").exists()
+    r = runner.invoke(app, ["experiment", "grokking", "--preset", "quick", "--device", "junk", "--out",
+                            str(tmp_path / "g")])
+    assert "is not a device" in error_line(r) and not (tmp_path / "g" / "run" / "run.json").exists()
+
+
 def test_presets_cover_the_papers_sizes():
     from circuitlab.training import PRESETS
 
@@ -80,8 +99,14 @@ def test_metrics_file_is_jsonl(small_corpus_dir, tmp_path):
     # (--quiet keeps circuitlab's own notes to warnings too.)
     assert logging.getLogger("circuitlab").handlers and not logging.getLogger("circuitlab").isEnabledFor(logging.INFO)
     assert not logging.getLogger("torch._subclasses.fake_tensor").isEnabledFor(logging.INFO)
+    # a damaged row (a number field holding text, as a hand edit or a bad disk leaves it) is skipped, not a crash
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 2, "train_loss": "abc", "tokens": 8}) + "\n")
+        f.write(json.dumps({"step": 2, "tokens": [1], "lr": True}) + "\n")
+    assert [m["step"] for m in circuitlab.load_run(out).metrics] == [0, 3]
     r = runner.invoke(app, ["info", str(out)])
-    assert r.exit_code == 0 and logging.getLogger("circuitlab").isEnabledFor(logging.INFO)
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    assert logging.getLogger("circuitlab").isEnabledFor(logging.INFO)
     assert not logging.getLogger("torch._subclasses.fake_tensor").isEnabledFor(logging.INFO)
 
 
@@ -185,7 +210,12 @@ def test_file_system_refusals_are_one_line(small_corpus_dir, tmp_path):
     assert "is a file, not a folder" in error_line(runner.invoke(app, [*base, "--out", str(f)]))
     assert "check the path" in error_line(runner.invoke(app, [*base, "--out", str(f / "run")]))  # under a file
     assert f.read_text() == "x"
-    for flags, message in ((["--p", "2"], "prime >= 5"), (["--frac", "0.00001"], "leaves 0 for training")):
+    if Path("/proc/self").is_dir():  # a folder nobody can create files in, even root
+        assert "check the path" in error_line(runner.invoke(app, [*base, "--out", "/proc/circuitlab-run"]))
+    for flags, message in ((["--p", "2"], "prime >= 5"), (["--frac", "0.00001"], "leaves 0 for training"),
+                           (["--epochs", "0"], "--epochs must be at least 1"),  # was: 833,334 epochs, silently
+                           (["--log-every", "0"], "--log-every must be at least 1"),
+                           (["--lr", "nan"], "lr must be a finite number")):
         r = runner.invoke(app, ["experiment", "grokking", "--preset", "quick", *flags, "--out", str(tmp_path / "g")])
         assert message in error_line(r) and not (tmp_path / "g").exists()
 
@@ -275,7 +305,10 @@ def test_ctrl_c_while_a_command_starts_is_one_line(small_corpus_dir, tmp_path):
         assert p.returncode in (130, -signal.SIGINT), (delay, p.returncode, err)
         if p.returncode == 130:
             assert "interrupted" in err.strip().splitlines()[-1], err
-        again = command(out, "--resume") if (out / "run.json").exists() else command(out)
+        # where something was saved, --resume continues it; where nothing was (Ctrl-C before the first save), the
+        # same command starts it: a half-made run never blocks it
+        saved = (out / "optimizer.safetensors").exists() or any((out / "checkpoints").glob("*.safetensors"))
+        again = command(out, "--resume") if saved else command(out)
         r = subprocess.run(again, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, (delay, r.stderr[-500:])
 
@@ -339,3 +372,26 @@ def test_a_full_disk_is_one_line_and_loses_nothing(small_corpus_dir, tmp_path, m
         got = after.model().state_dict()
         assert all(torch.equal(got[k], v) for k, v in final.items())  # the uninterrupted run's weights, exactly
         assert [m["step"] for m in after.metrics] == [m["step"] for m in circuitlab.load_run(tmp_path / "reference").metrics]
+    # The disk fills before anything is trained (the run's tokenizer.json, or checkpoint 0): one line, and the same
+    # command -- not --resume -- then starts the run (it used to be refused: "already holds a run" or "not empty").
+    import circuitlab.results as results_mod
+
+    written = results_mod.atomic_write_text
+    for where in ("tokenizer", "checkpoint 0"):
+        out = tmp_path / f"early-{where.replace(' ', '')}"
+        run_args = [a if a != str(tmp_path / "run") else str(out) for a in args]
+        with monkeypatch.context() as m:
+            if where == "tokenizer":
+                m.setattr("circuitlab.training.tasks.atomic_write_text",
+                          lambda path, text: full() if path.name == "tokenizer.json" else written(path, text))
+            else:
+                m.setattr(ckpt_mod, "save_file", full)
+            r = runner.invoke(app, run_args)
+        assert r.exit_code == 2 and "No space left on device" in r.output and "Traceback" not in r.output, r.output
+        assert not list(out.rglob("*.tmp"))
+        if where == "tokenizer":
+            assert not (out / "tokenizer.json").exists()
+        r = runner.invoke(app, run_args)
+        assert r.exit_code == 0, (where, r.output)
+        got = circuitlab.load_run(out).model().state_dict()
+        assert all(torch.equal(got[k], v) for k, v in final.items()), where

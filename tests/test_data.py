@@ -202,6 +202,8 @@ def test_an_unreadable_folder_is_named_not_reported_as_no_files(tmp_path, monkey
     monkeypatch.setattr(os, "scandir", scandir)
     with pytest.raises(CircuitlabError, match=r"locked cannot be read \(Permission denied\): check its permissions"):
         text_corpus(str(tmp_path / "locked"))
+    with pytest.raises(CircuitlabError, match=r"locked cannot be read \(Permission denied\): check its permissions"):
+        text_corpus(str(tmp_path / "locked" / "*.txt"))  # a glob under it, too
     with caplog.at_level("WARNING", logger="circuitlab"):
         c = text_corpus(str(tmp_path))  # the readable part is used, the locked folder named
     assert [d.text for d in c.documents] == ["some text here\n"]

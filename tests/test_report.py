@@ -258,6 +258,16 @@ def test_tampered_results_are_escaped_or_refused_in_one_line(results_dir, tmp_pa
     (d / "grokking" / "results.json").write_text(json.dumps(g))
     text = build_report(d).read_text()
     assert EVIL[2] not in text and EVIL[0] not in text and "&lt;img src=x" in text
+    # the claims table: every field of a claim, with attribute breakouts that carry no angle bracket at all
+    breakout = ['x" onmouseover="window.__pwned=3" y="', "x' onfocus='window.__pwned=4' autofocus '"]
+    claim = g["claims"][0]
+    for i, key in enumerate(("claim", "expected", "measured", "verdict", "section")):
+        claim[key] = (EVIL + breakout)[i]
+    (d / "grokking" / "results.json").write_text(json.dumps(g))
+    text = build_report(d).read_text()
+    for payload in EVIL + breakout:
+        assert payload not in text, payload
+    assert "onmouseover=&quot;window.__pwned=3&quot;" in text and "onfocus=&#x27;window.__pwned=4&#x27;" in text
     g["ablation"]["full_loss"] = "not a number"
     (d / "grokking" / "results.json").write_text(json.dumps(g))
     with pytest.raises(CircuitlabError, match="damaged or from another version"):

@@ -98,13 +98,24 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tiny_data, tiny_cfg, tm
     assert set(before) == {"step-000000000.safetensors", "step-000000001.safetensors"}
 
     # An absurd learning rate: weights overflow within a few steps and the loss stops being finite.
-    with pytest.raises(CircuitlabError, match=r"training diverged at step \d+: loss (nan|inf).*last good checkpoint \(step \d+\)"):
+    diverged = r"training diverged at step \d+: (loss (nan|inf)|the update made the weights non-finite).*last good " \
+               r"checkpoint \(step \d+\).*--weight-decay"
+    with pytest.raises(CircuitlabError, match=diverged):
         train(tiny_cfg, absurd, tiny_data, out, resume=True, progress=False)
     after = {p.name: digest(p) for p in (out / "checkpoints").iterdir()}
     assert {k: after[k] for k in before} == before, "checkpoints written before the divergence are untouched"
     run = circuitlab.load_run(out)
     for step in run.checkpoints:
         assert all(torch.isfinite(p).all() for p in run.model(step).parameters()), f"non-finite checkpoint {step}"
+
+    # The update itself overflows while the loss before it was finite (an absurd weight decay or learning rate):
+    # the first update's checkpoint would have been all inf; now the last good one is the initialisation's.
+    for i, cfg in enumerate((tcfg(max_steps=16, lr=1e-3, weight_decay=1e300), tcfg(max_steps=16, lr=1e38))):
+        with pytest.raises(CircuitlabError, match=diverged):
+            train(tiny_cfg, cfg, tiny_data, tmp_path / f"overflow{i}", progress=False)
+        run = circuitlab.load_run(tmp_path / f"overflow{i}")
+        for step in run.checkpoints:
+            assert all(torch.isfinite(p).all() for p in run.model(step).parameters()), (cfg, step)
 
 
 def test_existing_run_is_not_overwritten(tiny_data, tiny_cfg, tmp_path):
@@ -197,11 +208,25 @@ def test_damaged_or_missing_optimizer_state_is_refused_before_anything_changes(t
     before = {p.name: digest(p) for p in out.rglob("*") if p.is_file() and p != opt}
     state = load_file(str(opt))
     name = next(k for k in state if k.endswith("::exp_avg"))
-    for bad in ({**state, name: torch.zeros(1)}, {**state, name: torch.zeros(3, 3)},
-                {**state, name: state[name].double()}, {**state, name: torch.full_like(state[name], float("nan"))}):
-        save_file(bad, str(opt), metadata={"step": "8", "extra": "{}"})
+    step_key = name.replace("::exp_avg", "::step")
+    without = {k: v for k, v in state.items() if k != name.replace("::exp_avg", "::exp_avg_sq")}
+    crafted = [({**state, name: torch.zeros(1)}, "{}"), ({**state, name: torch.zeros(3, 3)}, "{}"),
+               ({**state, name: state[name].double()}, "{}"),
+               ({**state, name: torch.full_like(state[name], float("nan"))}, "{}"),
+               (without, "{}"),  # a field AdamW needs is missing: it used to fail inside AdamW's step
+               ({**state, step_key: torch.tensor(-5.0)}, "{}"),  # a negative step count: NaN weights
+               (state, "{not json"), (state, "[1]"), (state, '{"recent_train_losses": ["x"]}')]  # the loop's state
+    for bad, extra in crafted:
+        save_file(bad, str(opt), metadata={"step": "8", "extra": extra})
         with pytest.raises(CircuitlabError, match="does not fit the model"):
             train(tiny_cfg, tcfg(max_steps=16), tiny_data, out, resume=True, progress=False)
+    # flipped bytes under a digest: named as damaged, and the remedy is never to delete the file (resume needs it)
+    flipped = bytearray(good)
+    flipped[-3] ^= 0xFF
+    opt.write_bytes(bytes(flipped))
+    with pytest.raises(CircuitlabError, match="damaged") as err:
+        train(tiny_cfg, tcfg(max_steps=16), tiny_data, out, resume=True, progress=False)
+    assert "delete" not in str(err.value) and "restore it" in str(err.value)
     opt.unlink()
     with pytest.raises(CircuitlabError, match="no optimizer.safetensors"):
         train(tiny_cfg, tcfg(max_steps=16), tiny_data, out, resume=True, progress=False)
@@ -243,6 +268,14 @@ def test_a_callback_can_stop_a_run_which_then_counts_as_finished(tiny_data, tiny
 
     shown = CliRunner().invoke(app, ["info", str(tmp_path / "r")])
     assert shown.exit_code == 0 and "stopped early" in shown.output and "enough" in shown.output
+    # a resume that is refused (here: a damaged optimizer state) leaves the stop on record
+    opt = tmp_path / "r" / "optimizer.safetensors"
+    good = opt.read_bytes()
+    opt.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CircuitlabError, match="corrupt or truncated"):
+        train(tiny_cfg, c, tiny_data, tmp_path / "r", resume=True, progress=False)
+    assert circuitlab.load_run(tmp_path / "r").stopped["reason"] == "enough"
+    opt.write_bytes(good)
     # resuming continues past the stop, to the budget, exactly as a run that never stopped
     straight = train(tiny_cfg, c, tiny_data, tmp_path / "straight", progress=False)
     resumed = train(tiny_cfg, c, tiny_data, tmp_path / "r", resume=True, progress=False)

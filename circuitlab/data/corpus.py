@@ -111,9 +111,16 @@ def _glob(pattern: str) -> list[Path]:
     if Path(rest).name == "**":  # glob's "DIR/**" lists files too; pathlib's lists only directories
         rest = str(Path(rest) / "*")
     try:
-        return [q for q in root.glob(rest) if q.is_file()]  # pathlib's ** does not follow directory symlinks
+        found = [q for q in root.glob(rest) if q.is_file()]  # pathlib's ** does not follow directory symlinks
     except (OSError, ValueError):
-        return []
+        found = []
+    if not found and root.is_dir():  # pathlib skips folders it cannot list: say so, not "no files match"
+        try:
+            os.scandir(root).close()
+        except OSError as e:
+            raise CircuitlabError(f"--text {pattern!r}: {root} cannot be read ({e.strerror or e}): check its "
+                                  "permissions") from None
+    return found
 
 
 def _walk(folder: Path) -> list[Path]:

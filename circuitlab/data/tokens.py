@@ -119,7 +119,8 @@ def prepare_tokens(corpus: Corpus, d_vocab: int, heldout_fraction: float = 0.02,
     if not (tok_dir / "tokenizer.json").exists():
         log.info("training a %d-token byte-level BPE on %d documents", d_vocab, len(train_docs))
         tok = train_tokenizer(train_docs, d_vocab)
-        _atomic_dir(tok_dir, lambda d: tok.save(str(d / "tokenizer.json")))
+        # to_str + write_text, not tok.save: on a full disk that raises a bare Exception, this an OSError
+        _atomic_dir(tok_dir, lambda d: (d / "tokenizer.json").write_text(tok.to_str(pretty=True)))
     tok_json = (tok_dir / "tokenizer.json").read_text()
     tok = Tokenizer.from_str(tok_json)
 

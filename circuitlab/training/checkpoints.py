@@ -57,7 +57,8 @@ def save_checkpoint(run_dir: Path, model: Transformer, step: int, tokens: int) -
     return path
 
 
-def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _read(path: Path, remedy: str = "delete it to use an earlier one") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of a safetensors file, its digest checked; `remedy` ends the error line."""
     if not path.exists():
         raise CircuitlabError(f"checkpoint {path} does not exist: list them with `circuitlab info {path.parent.parent}`")
     try:
@@ -66,7 +67,7 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CircuitlabError(
-            f"checkpoint {path} is corrupt or truncated ({str(e).splitlines()[0]}): delete it to use an earlier one"
+            f"checkpoint {path} is corrupt or truncated ({str(e).splitlines()[0]}): {remedy}"
         ) from None
     want = meta.get("digest")
     if want is None:
@@ -75,7 +76,7 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             log.info("checkpoints in %s have no digest (written before digests existed): loaded unchecked", path.parent)
     elif tensor_digest(tensors) != want:
         raise CircuitlabError(f"checkpoint {path} is damaged: its tensors do not match the digest saved with them; "
-                              "delete it to use an earlier one")
+                              f"{remedy}")
     return tensors, meta
 
 
@@ -129,7 +130,8 @@ def optimizer_step(run_dir: Path) -> int | None:
 def load_optimizer(run_dir: Path, optimizer: torch.optim.Optimizer, model: Transformer) -> dict:
     """Restore the optimizer state; returns the `extra` dict saved with it."""
     path = Path(run_dir) / "optimizer.safetensors"
-    tensors, meta = _read(path)
+    # Not "delete it": without the optimizer state the run cannot continue exactly (resume refuses it).
+    tensors, meta = _read(path, "restore it from a copy of the run, or train again into another --out")
     params = dict(model.named_parameters())
     bad = lambda why: CircuitlabError(  # noqa: E731
         f"{path} does not fit the model ({why}): the run's files do not belong together; resume from a copy of the "
@@ -149,5 +151,28 @@ def load_optimizer(run_dir: Path, optimizer: torch.optim.Optimizer, model: Trans
                       f"{tuple(want[0])} and {want[1] or 'a float'}")
         if not torch.isfinite(value).all():
             raise bad(f"{key} holds non-finite values")
+        if field == "step" and (value.item() < 0 or value.item() != int(value.item())):
+            raise bad(f"{key} is {value.item()}, not a count of steps")
+        if field in ("exp_avg_sq", "max_exp_avg_sq") and (value < 0).any():
+            raise bad(f"{key} holds negative values (a second moment cannot be negative)")
+    # AdamW needs every field of a parameter's state once it has any: a missing one would fail inside its step.
+    fields: dict[str, set] = {}
+    for key in tensors:
+        name, _, field = key.partition("::")
+        fields.setdefault(name, set()).add(field)
+    for name, have in fields.items():
+        if missing := {"step", "exp_avg", "exp_avg_sq"} - have:
+            raise bad(f"parameter {name!r} lacks {', '.join(sorted(missing))}")
+    try:
+        extra = json.loads(meta.get("extra", "{}"))
+        if not isinstance(extra, dict) or not isinstance(extra.get("recent_train_losses", []), list):
+            raise ValueError("not an object with a list of recent train losses")
+        if "recent_train_losses" in extra:
+            extra["recent_train_losses"] = [float(x) for x in extra["recent_train_losses"]]
+    except (json.JSONDecodeError, ValueError, TypeError) as e:
+        raise bad(f"its loop state is damaged: {e}") from None
+    for key, value in tensors.items():
+        name, _, field = key.partition("::")
+        p = params[name]
         optimizer.state[p][field] = value if field == "step" else value.to(p.device)
-    return json.loads(meta.get("extra", "{}"))
+    return extra

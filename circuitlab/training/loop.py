@@ -82,7 +82,7 @@ def make_optimizer(model: Transformer, cfg: TrainConfig) -> torch.optim.AdamW:
 
 def _start(out: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task, resume: bool):
     """Create the run or reopen it for resume. Returns (model, optimizer, start step, loop state)."""
-    exists = (out / "run.json").exists()
+    exists = _holds_run(out) or (resume and (out / "run.json").exists())
     if exists and not resume:
         raise CircuitlabError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     if exists:
@@ -92,7 +92,6 @@ def _start(out: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task
             raise CircuitlabError(f"cannot resume {out} with different settings ({clash}): drop those flags or use "
                                   "another --out")
         task.check_resume(saved)
-        (out / STOPPED_NAME).unlink(missing_ok=True)  # resuming a run stopped early continues it past that point
         if optimizer_step(out) is None and any(s > 0 for s in list_checkpoints(out)):
             raise CircuitlabError(f"cannot resume {out}: it has checkpoints but no optimizer.safetensors, so training "
                                   "cannot continue exactly; restore that file, or train again into another --out")
@@ -113,12 +112,20 @@ def _start(out: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task
         rows = [r for r in read_metrics(out / "metrics.jsonl") if r["step"] <= step]
         atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         log.info("resuming %s from step %d", out, step)
+        (out / STOPPED_NAME).unlink(missing_ok=True)  # resuming a run stopped early continues it past that point
         return model, optimizer, step, extra
     # A new run, or one stopped before its first optimizer save: start from the (deterministic) initialisation.
     atomic_write_text(out / "run.json", json.dumps(meta, indent=2))
     atomic_write_text(out / "metrics.jsonl", "")
     model = Transformer(model_cfg).to(device)
     return model, make_optimizer(model, train_cfg), 0, {}
+
+
+def _holds_run(out: Path) -> bool:
+    """Whether `out` holds a run that has begun: its run.json and a checkpoint or optimizer state. A folder left
+    with only run.json (a disk that filled, or Ctrl-C, before the first save) holds nothing that training would
+    lose, so the same command starts it afresh instead of asking for --resume."""
+    return (out / "run.json").exists() and ((out / "optimizer.safetensors").exists() or bool(list_checkpoints(out)))
 
 
 def _open(out: Path, model_cfg: ModelConfig, train_cfg: TrainConfig):
@@ -132,6 +139,13 @@ def _open(out: Path, model_cfg: ModelConfig, train_cfg: TrainConfig):
         return model, optimizer, step, load_optimizer(out, optimizer, model)
     model = Transformer(model_cfg).to(device)
     return model, make_optimizer(model, train_cfg), 0, {}
+
+
+def _diverged(step: int, what: str, last_good: int, out: Path) -> CircuitlabError:
+    """The one line for a run whose numbers stopped being finite at `step`."""
+    return CircuitlabError(
+        f"training diverged at step {step}: {what}; the last good checkpoint (step {last_good}) is kept in "
+        f"{out}/checkpoints: lower --lr or --weight-decay, or lengthen --warmup-steps, and train again")
 
 
 def check_device(name: str) -> torch.device:
@@ -185,7 +199,7 @@ def _checked_train(model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task, o
     previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     if out.exists() and not out.is_dir():
         raise CircuitlabError(f"--out {out} is a file, not a folder: choose a folder for the run")
-    if not resume and (out / "run.json").exists():  # said before taking the lock, which would create the folder
+    if not resume and _holds_run(out):  # said before taking the lock, which would create the folder
         raise CircuitlabError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     orphans = set(temporaries(out))
     if not (out / "run.json").exists() and out.exists() and \
@@ -300,11 +314,7 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task, out: Path
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip or math.inf)
             loss_value = distributed.mean(loss.item(), ranks)
             if not (math.isfinite(loss_value) and torch.isfinite(grad_norm)):
-                raise CircuitlabError(
-                    f"training diverged at step {step}: loss {loss_value}, gradient norm {grad_norm.item()}; "
-                    f"the last good checkpoint (step {last_good}) is kept in {out}/checkpoints: "
-                    "lower --lr or lengthen --warmup-steps and train again"
-                )
+                raise _diverged(step, f"loss {loss_value}, gradient norm {grad_norm.item()}", last_good, out)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             recent.append(loss_value)
@@ -318,6 +328,10 @@ def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task, out: Path
             # run resumed here -- whether the crash came before or after the row was written -- logs the same rows
             # as the uninterrupted one.
             if done in ckpt_steps or done == last:
+                # The update itself can leave the weights non-finite (a huge learning rate or weight decay) while
+                # the loss before it was finite: never save such a state as the "last good" checkpoint.
+                if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                    raise _diverged(step, "the update made the weights non-finite", last_good, out)
                 if ranks.main:
                     save_checkpoint(out, model, done, done * tokens_per_step)
                     _fault("checkpoint", done)

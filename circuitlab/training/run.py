@@ -37,9 +37,16 @@ def read_metrics(path: Path) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int):  # anything else is a damaged line
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and all(  # anything else is a damaged line
+                isinstance(row.get(k), (int, float, type(None))) and not isinstance(row.get(k), bool)
+                for k in NUMERIC_FIELDS):
             rows.append(row)
     return rows
+
+
+# Fields the training loop and its tasks write as numbers (or null): a row holding anything else there is damaged.
+NUMERIC_FIELDS = ("tokens", "train_loss", "lr", "tokens_per_s", "mfu", "heldout_loss", "test_loss", "train_acc",
+                  "test_acc")
 
 
 STOPPED_NAME = "stopped.json"

@@ -24,6 +24,7 @@ from circuitlab.data.windows import sample_windows
 from circuitlab.errors import CircuitlabError
 from circuitlab.model import ModelConfig
 from circuitlab.model.last_position import last_position_logits
+from circuitlab.results import atomic_write_text
 from circuitlab.model.loss import masked_accuracy, masked_cross_entropy, modular_loss_and_accuracy
 from circuitlab.training.config import TrainConfig
 from circuitlab.training.flops import train_flops_per_token
@@ -130,7 +131,9 @@ class LanguageModelTask(Task):
         return {"heldout_loss": float(np.average(losses, weights=[len(c) for c in chunks]))}
 
     def write(self, out) -> None:
-        self.data.tokenizer.save(str(out / "tokenizer.json"))
+        # Written by us, atomically: the tokenizers library's own save raises a bare Exception on a full disk and
+        # can leave half a file.
+        atomic_write_text(out / "tokenizer.json", self.data.tokenizer.to_str(pretty=True))
 
     def check_resume(self, run) -> None:
         if run.checkpoints and run.tokenizer is None:  # without it a changed corpus would go unnoticed

@@ -3,6 +3,7 @@ and a quick preset with fewer epochs."""
 
 from __future__ import annotations
 
+from circuitlab.errors import CircuitlabError
 from circuitlab.training.presets import ExperimentPreset, Preset
 
 
@@ -14,6 +15,9 @@ def grokking_model(p: int = 113, frac: float = 0.3, seed: int = 0, d_model: int 
     no LayerNorm, learned positions, no attention biases, the paper's init. Optimiser: AdamW lr 1e-3, weight decay
     1.0 on every parameter, betas (0.9, 0.98), torch's per-parameter AdamW, lr warm-up min(step / 10, 1) (the first
     update has lr 0, as in the authors' code), full batch (3,830 of the 12,769 pairs), no gradient clipping."""
+    for flag, value in (("epochs", epochs), ("checkpoint-every", checkpoint_every), ("log-every", log_every)):
+        if value < 1:  # 0 epochs would fall back to the training loop's token budget: 833,334 epochs
+            raise CircuitlabError(f"--{flag} must be at least 1 (got {value})")
     model = dict(n_layers=1, d_model=d_model, n_heads=n_heads, d_head=d_head, n_ctx=3, d_vocab=p + 1,
                  positional_embedding_type="standard", d_mlp=d_mlp, init="nanda", seed=seed)
     train = dict(lr=lr, weight_decay=weight_decay, decay="all", fused_optimizer=False, beta1=0.9, beta2=0.98,
