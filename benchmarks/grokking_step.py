@@ -25,7 +25,18 @@ from circuitlab.data.modular import modular_addition
 from circuitlab.experiments.grokking import grokking_model
 from circuitlab.model import Transformer
 from circuitlab.model.last_position import last_position_logits
+from circuitlab.training.flops import peak_matmul_flops
 from circuitlab.training.loop import make_optimizer
+
+
+def last_position_train_flops(cfg, batch: int) -> float:
+    """Matmul FLOPs of one full-batch training epoch of the last-position step: keys and values on all n_ctx
+    positions, the query, attention output, MLP and unembedding on the last one only; backward counted as twice the
+    forward (a gradient for the input and one for the weight of each matmul). Attention scores over 3 keys and the
+    embedding gathers are left out (under 1%)."""
+    d, hd, T = cfg.d_model, cfg.n_heads * cfg.d_head, cfg.n_ctx
+    forward = 2 * batch * (2 * T * d * hd + 2 * d * hd + 2 * d * cfg.d_mlp + d * cfg.d_vocab)
+    return 3 * forward
 
 
 class PaperModel(nn.Module):
@@ -92,11 +103,18 @@ def main() -> None:
             times[name].append(args.steps / (time.perf_counter() - t0))
     eps = {k: statistics.median(v) for k, v in times.items()}
     ratio = eps["circuitlab_last_position"] / eps["paper_all_positions"]
+    peak = peak_matmul_flops.__wrapped__("cpu", n=1024, seconds=1.0)  # measured now, beside the rounds
+    flops = last_position_train_flops(mcfg, len(x))
+    floor = peak / flops  # epochs/s if every FLOP ran at the matmul peak
     result = {"epochs_per_s": eps, "speedup": ratio, "rounds": times, "batch": len(x), "p": p,
+              "train_flops_per_epoch": flops, "peak_matmul_flops": peak, "epochs_per_s_at_peak": floor,
+              "fraction_of_peak": eps["circuitlab_last_position"] / floor,
               "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
     for k, v in eps.items():
         print(f"{k:26s} {v:7.1f} epochs/s  ({1e3 / v:.1f} ms/epoch)")
     print(f"speedup {ratio:.2f}x (median of {args.rounds} alternating rounds of {args.steps} full-batch steps)")
+    print(f"FLOP floor: {flops / 1e9:.2f} GFLOP/epoch; at the measured matmul peak ({peak / 1e9:.0f} GFLOP/s) "
+          f"{floor:.1f} epochs/s; circuitlab runs at {result['fraction_of_peak']:.0%} of it")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")

@@ -405,3 +405,33 @@ def test_threads_leave_the_cores_other_work_is_using(monkeypatch):
     monkeypatch.setenv("CIRCUITLAB_THREADS", "two")
     with pytest.raises(CircuitlabError, match="CIRCUITLAB_THREADS"):
         threads_for()
+
+
+def test_a_run_resumes_with_the_thread_count_it_was_trained_with(tmp_path):
+    """torch's CPU thread count changes float rounding: the grokking preset's weights after 40 epochs differ between
+    1 and 2 threads (checked here first, so the test can fail). run.json records the count, and a resume under
+    another count uses the recorded one, so it ends exactly where the uninterrupted run does."""
+    from circuitlab.experiments.grokking.presets import grokking_model
+    from circuitlab.training import ModularAdditionTask
+
+    preset = grokking_model(epochs=40, log_every=10, checkpoint_every=20)
+    m, t = preset.configs()
+    before = torch.get_num_threads()
+    try:
+        weights = {}
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            run = train(m, t, ModularAdditionTask(**preset.task), tmp_path / f"straight{n}", progress=False)
+            weights[n] = run.model().state_dict()
+            assert json.loads((tmp_path / f"straight{n}" / "run.json").read_text())["threads"] == n
+        if all(torch.equal(weights[1][k], weights[2][k]) for k in weights[1]):
+            pytest.skip("this machine's kernels round alike with 1 and 2 threads")
+        torch.set_num_threads(1)
+        train(m, t, ModularAdditionTask(**preset.task), tmp_path / "r", progress=False, stop_at=20)
+        torch.set_num_threads(2)
+        resumed = train(m, t, ModularAdditionTask(**preset.task), tmp_path / "r", resume=True, progress=False)
+        assert torch.get_num_threads() == 2  # the caller's count is restored afterwards
+        got = resumed.model().state_dict()
+        assert all(torch.equal(got[k], weights[1][k]) for k in got)
+    finally:
+        torch.set_num_threads(before)

@@ -58,13 +58,21 @@ def from_env(device: torch.device) -> Ranks:
     return Ranks(dist.get_rank(), dist.get_world_size(), "cuda" if device.type == "cuda" else "cpu", owned)
 
 
-def close(ranks: Ranks) -> None:
+def close(ranks: Ranks, finished: bool = True) -> None:
     """End a process group `from_env` started (left to interpreter shutdown, gloo's threads can abort the process:
     "terminate called without an active exception")."""
     if ranks.owned:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            # Every rank reaches the end before any tears its connections down: a rank that destroyed its group
+            # while the other was still writing (rank 0 saves the last checkpoint) made gloo abort the other one.
+            # Only after a run that ended normally on this rank: after an error the others may never get here.
+            if finished:
+                try:
+                    dist.barrier()
+                except RuntimeError:  # a peer already gone: nothing left to wait for
+                    pass
             dist.destroy_process_group()
 
 

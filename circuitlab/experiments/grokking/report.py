@@ -41,11 +41,11 @@ def grokking_figures(g: dict, seeds: list[dict] = ()) -> dict[str, dict]:
                     "Σ w²", shapes=shapes, annotations=notes),
     }
     fn = g["fourier_norms"]
-    figs["fourier"] = fig([{"type": "bar", "x": fn["names"], "y": fn["W_E"], "name": "W_E"}],
+    figs["fourier"] = fig([{"type": "bar", "x": [label(n) for n in fn["names"]], "y": fn["W_E"], "name": "W_E"}],
                           f"Norm of W_E along each Fourier component (key frequencies {label(g['key_frequencies'])})",
                           "Fourier component", "norm", height=320)
     clusters = g.get("neuron_clusters", {})
-    figs["neurons"] = fig([{"type": "bar", "x": [f"freq {k}" for k in clusters], "y": list(clusters.values())}],
+    figs["neurons"] = fig([{"type": "bar", "x": [f"freq {label(k)}" for k in clusters], "y": list(clusters.values())}],
                           f"Neurons by their dominant frequency ({label(g['neurons_alive'])} active neurons; "
                           f"{100 * g['share_of_neurons_explained_by_one_frequency']:.0f}% > 85% explained by one)",
                           "frequency", "neurons", height=300)

@@ -24,7 +24,7 @@ def _points(r: dict, name: str, key: str) -> tuple[list, list]:
 
 def _curve(r: dict, name: str, key: str) -> dict:
     x, y = _points(r, name, key)
-    return {"type": "scatter", "mode": "lines", "name": name, "x": x, "y": y,
+    return {"type": "scatter", "mode": "lines", "name": label(name), "x": x, "y": y,
             "line": {"color": COLOURS.get(name), "width": 2 if name == "2L" else 1.3}}
 
 
@@ -51,7 +51,8 @@ def induction_figures(r: dict, seeds: list[dict] = ()) -> dict[str, dict]:
     logx = {"type": "log", "title": {"text": "tokens seen"}}
     figs = {
         "icl": fig(_curves(r, names, "icl", seeds),
-                   f"ICL score = loss(token {ip['late']}) − loss(token {ip['early']}); 2L phase-change window shaded",
+                   f"ICL score = loss(token {label(ip['late'])}) − loss(token {label(ip['early'])}); 2L phase-change "
+                   "window shaded",
                    "", "nats", xaxis=logx, shapes=shapes),
         "induction_score": fig(_curves(r, names, "best_induction", seeds),
                                "Best induction score (attention to the token after the earlier copy, 2 × 50 random tokens)",
@@ -60,7 +61,7 @@ def induction_figures(r: dict, seeds: list[dict] = ()) -> dict[str, dict]:
                       "Best prefix-matching score (25 random tokens × 4)", "", "attention", xaxis=logx, shapes=shapes),
         "loss": fig([_curve(r, n, "heldout_loss") for n in names], "Held-out loss", "", "nats", xaxis=logx,
                     yaxis={"type": "log"}, shapes=shapes),
-        "train_loss": fig([{"type": "scatter", "mode": "lines", "name": n, "x": [p["tokens"] for p in r["models"][n]["train_loss"]],
+        "train_loss": fig([{"type": "scatter", "mode": "lines", "name": label(n), "x": [p["tokens"] for p in r["models"][n]["train_loss"]],
                             "y": [p["train_loss"] for p in r["models"][n]["train_loss"]],
                             "line": {"color": COLOURS.get(n)}} for n in ("1L", "2L") if n in r["models"]],
                           "Training loss, 1L and 2L (the loss bump, where found, shaded green)", "", "nats",
@@ -78,7 +79,7 @@ def induction_figures(r: dict, seeds: list[dict] = ()) -> dict[str, dict]:
             if ys is None:
                 continue
             t = lbp["moments"][moment]
-            data.append({"type": "scatter", "mode": "lines", "name": f"{model} {moment} ({t / 1e6:.1f}M tokens)",
+            data.append({"type": "scatter", "mode": "lines", "name": label(f"{model} {moment} ({t / 1e6:.1f}M tokens)"),
                          "x": list(range(2, len(ys) + 2)), "y": ys,
                          "line": {"color": COLOURS.get(model), "dash": "solid" if moment == "final" else "dot"}})
     figs["by_position"] = fig(data, "Loss by token position (later tokens are easier once induction heads form)",

@@ -49,9 +49,9 @@ def ioi_figures(r: dict) -> dict[str, dict]:
                                height=max(260, 14 * L + 120), yaxis={"autorange": "reversed"})
     classes = r["classes"]
     L, H = r["steps"][0]["screen"]["shape"]
-    figs["circuit"] = fig([{"type": "scatter", "mode": "markers+text", "name": c,
+    figs["circuit"] = fig([{"type": "scatter", "mode": "markers+text", "name": label(c),
                             "x": [_head(h)[1] for h in heads], "y": [_head(h)[0] for h in heads],
-                            "text": [str(h) for h in heads], "textposition": "top center",
+                            "text": [label(h) for h in heads], "textposition": "top center",
                             "marker": {"size": 14, "color": COLORS.get(c)}}
                            for c, heads in classes.items() if heads],
                           "The circuit: head classes per layer", "head", "layer", height=max(320, 14 * L + 140),
@@ -59,9 +59,9 @@ def ioi_figures(r: dict) -> dict[str, dict]:
                           xaxis={"range": [-0.5, H - 0.5], "dtick": 1})
     att = r["attention"]
     movers = classes.get("name mover", []) + classes.get("negative name mover", [])
-    names = [str(h) for h in movers]
+    names = [label(h) for h in movers]
     if movers:
-        figs["movers"] = fig([{"type": "bar", "name": k, "x": names,
+        figs["movers"] = fig([{"type": "bar", "name": label(k), "x": names,
                                "y": [att[k][_head(h)[0]][_head(h)[1]] for h in movers]}
                               for k in ("END->IO", "END->S1", "END->S2")],
                              "Name movers' attention from END", "head", "attention", height=320, barmode="group",
