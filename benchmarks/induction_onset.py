@@ -36,6 +36,13 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--warmup", type=int, default=200)
     ap.add_argument("--smeared", action="store_true")
+    ap.add_argument("--d-head", type=int, default=0, help="default: d_model / heads")
+    ap.add_argument("--layer-norm", action="store_true")
+    ap.add_argument("--ln-variant", default="affine", choices=["affine", "pre", "final", "final-pre"],
+                    help="with --layer-norm: 'pre' keeps every LayerNorm's weight 1 and bias 0 (TransformerLens's "
+                         "LNPre), 'final' keeps only the final LayerNorm")
+    ap.add_argument("--schedule", default="constant", choices=["constant", "cosine"])
+    ap.add_argument("--weight-decay", type=float, default=None)
     ap.add_argument("--tokens", type=float, default=16e6)
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--threads", type=int, default=0)
@@ -44,15 +51,28 @@ def main() -> None:
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    mcfg = ModelConfig(n_layers=a.layers, d_model=a.d_model, n_heads=a.heads, d_head=a.d_model // a.heads, n_ctx=a.ctx,
-                       d_vocab=a.vocab, smeared_keys=a.smeared)
-    tcfg = TrainConfig(batch_size=a.batch, lr=a.lr, warmup_steps=a.warmup, schedule="constant", max_tokens=int(a.tokens),
-                       eval_every=a.eval_every, checkpoint_every=10**9, log_checkpoints=2)
+    mcfg = ModelConfig(n_layers=a.layers, d_model=a.d_model, n_heads=a.heads, d_head=a.d_head or a.d_model // a.heads,
+                       n_ctx=a.ctx, d_vocab=a.vocab, smeared_keys=a.smeared, layer_norm=a.layer_norm)
+    extra = {} if a.weight_decay is None else {"weight_decay": a.weight_decay}
+    tcfg = TrainConfig(batch_size=a.batch, lr=a.lr, warmup_steps=a.warmup, schedule=a.schedule,
+                       max_tokens=int(a.tokens), eval_every=a.eval_every, checkpoint_every=10**9, log_checkpoints=2,
+                       **extra)
     data = prepare_tokens(load_corpus("stdlib"), a.vocab, tcfg.heldout_fraction)
     windows = eval_windows(data, tcfg, a.ctx)
     rows, t0 = [], time.perf_counter()
 
     def measure(ctx):
+        if ctx.step == 0 and a.layer_norm:  # the fresh model, before its first update: set the LayerNorm variant
+            lns = [ctx.model.ln_final] + ([] if a.ln_variant in ("affine", "pre") else [])
+            for block in ctx.model.blocks:
+                if a.ln_variant.startswith("final"):
+                    block.ln1 = torch.nn.Identity()
+                else:
+                    lns.append(block.ln1)
+            if a.ln_variant.endswith("pre"):
+                for ln in lns:
+                    ln.w.requires_grad_(False)
+                    ln.b.requires_grad_(False)
         with torch.no_grad():
             ind, _ = induction_and_duplicate_scores(ctx.model, 50)
             icl = icl_score(ctx.model, windows)

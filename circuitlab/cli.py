@@ -161,6 +161,8 @@ def train(
     positional: Optional[str] = typer.Option(None, help="'standard' or 'shortformer' (positions only into Q and K)."),
     smeared_keys: Optional[bool] = typer.Option(None, "--smeared-keys/--no-smeared-keys", help="Olsson et al. smeared keys."),
     layer_norm: Optional[bool] = typer.Option(None, "--layer-norm/--no-layer-norm"),
+    final_norm: Optional[bool] = typer.Option(None, "--final-norm/--no-final-norm",
+                                              help="LayerNormPre before the unembedding only (no weights)."),
     attn_bias: Optional[bool] = typer.Option(None, "--attn-bias/--no-attn-bias"),
     d_mlp: Optional[int] = typer.Option(None, help="ReLU MLP width (0 = attention-only)."),
     init: Optional[str] = typer.Option(None, help="'gpt2' (TransformerLens default) or 'nanda' (grokking paper)."),
@@ -201,7 +203,7 @@ def train(
 
     model_flags = _given(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_head, n_ctx=n_ctx,
                          d_vocab=d_vocab, positional_embedding_type=positional, smeared_keys=smeared_keys,
-                         layer_norm=layer_norm, attn_bias=attn_bias, d_mlp=d_mlp, init=init, seed=seed)
+                         layer_norm=layer_norm, final_norm=final_norm, attn_bias=attn_bias, d_mlp=d_mlp, init=init, seed=seed)
     train_flags = _given(batch_size=batch_size, lr=lr, warmup_steps=warmup_steps, schedule=schedule,
                          weight_decay=weight_decay, grad_clip=grad_clip, max_tokens=max_tokens, max_steps=max_steps,
                          eval_every=eval_every, checkpoint_every=checkpoint_every, log_checkpoints=log_checkpoints,

@@ -13,6 +13,7 @@ CONFIGS = {
     "smeared": dict(smeared_keys=True),
     "ln_bias_mlp": dict(layer_norm=True, attn_bias=True, d_mlp=48, positional_embedding_type="standard"),
     "zero_layer": dict(n_layers=0),
+    "final_norm": dict(final_norm=True),
     "three_layer": dict(n_layers=3),
 }
 
@@ -84,6 +85,25 @@ def test_zero_layer_model_is_the_bigram_table_W_E_W_U():
     assert model.W_Q.shape == (0, 4, 32, 8)
 
 
+def test_final_norm_is_layernorm_pre_before_the_unembedding_only():
+    model = make(final_norm=True)
+    x = tokens()
+    _, cache = model.run_with_cache(x)
+    resid = cache["blocks.1.hook_resid_post"]
+    centred = resid - resid.mean(-1, keepdim=True)
+    expected = centred / (centred.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt() @ model.W_U
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    assert "blocks.0.ln1.hook_scale" not in model.hook_dict and "ln_final.hook_scale" in model.hook_dict
+    assert model.cfg.normalization_type == "LNPre" and not list(model.ln_final.parameters())
+    # a zero-layer model's logits are the direct path through the norm, exactly
+    zero = make(n_layers=0, final_norm=True)
+    from circuitlab.circuits.circuits import direct_path
+
+    torch.testing.assert_close(zero(x), direct_path(zero)[x], rtol=1e-5, atol=1e-5)
+    with pytest.raises(CircuitlabError, match="final_norm is part of layer_norm"):
+        ModelConfig(layer_norm=True, final_norm=True)
+
+
 def test_shortformer_positions_reach_queries_and_keys_but_not_values():
     model = make()
     x = tokens(batch=1)
@@ -147,7 +167,7 @@ def test_bad_configs_and_presets_give_one_line_errors():
         make()(torch.zeros(1, 25, dtype=torch.long))
 
 
-@pytest.mark.parametrize("name", ["shortformer", "ln_bias_mlp", "zero_layer"])
+@pytest.mark.parametrize("name", ["shortformer", "ln_bias_mlp", "zero_layer", "final_norm"])
 def test_fused_training_loss_matches_plain_loss_and_gradients(name):
     from circuitlab.model import lm_cross_entropy
 

@@ -10,7 +10,9 @@ from circuitlab.circuits import (
     previous_token_score, repeated_random_tokens, skip_trigram_bugs, skip_trigram_table, softmax_competition,
     term_importance, top1_diagonal_accuracy, top_entries,
 )
+from circuitlab.circuits.circuits import direct_path, unembedding
 from circuitlab.circuits.heads import attention_patterns
+from circuitlab.circuits.paths import unembed
 from circuitlab.heads import Head
 from circuitlab.model import ModelConfig, Transformer
 from circuitlab.model.bridge import to_transformer_bridge
@@ -125,6 +127,28 @@ def test_frozen_pattern_paths_sum_to_the_model():
     _, _, results = head_results(m, tokens)
     _, cache = m.run_with_cache(tokens)
     torch.testing.assert_close(results[2], cache["blocks.2.attn.hook_result"], rtol=1e-4, atol=1e-5)
+
+
+def test_paths_with_a_final_norm_sum_to_the_model_and_its_circuits_use_the_centred_unembedding():
+    m = Transformer(ModelConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, n_ctx=16, d_vocab=40, final_norm=True,
+                                seed=3))
+    with torch.no_grad():
+        m.W_U.add_(1.0)  # a large all-ones component of W_U, which the centring norm never lets act
+    tokens = torch.randint(0, 40, (3, 16), generator=torch.Generator().manual_seed(0))
+    R = order_expansion(m, tokens, attention_patterns(m, tokens))
+    torch.testing.assert_close(unembed(m, R.sum(0)), m(tokens), rtol=1e-4, atol=1e-4)
+    ti = term_importance(m, tokens)
+    assert ti.cumulative_loss[-1] == pytest.approx(ti.model_loss, rel=1e-4)
+    U = unembedding(m)
+    torch.testing.assert_close(U.sum(0), torch.zeros(40), atol=1e-5, rtol=0)
+    # a head's direct effect through the norm: C(x W_OV) / s W_U = (x W_OV / s) U, whatever W_U's mean row
+    x = torch.randn(5, 32, generator=torch.Generator().manual_seed(1))
+    ov = ov_circuit(m)
+    torch.testing.assert_close((m.W_E @ m.W_V[1, 2] @ m.W_O[1, 2]) @ U, ov[1, 2].AB, rtol=1e-4, atol=1e-4)
+    s = (x - x.mean(-1, keepdim=True)).pow(2).mean(-1, keepdim=True).add(1e-5).sqrt()
+    torch.testing.assert_close(m.ln_final(x) @ m.W_U, (x / s) @ U, rtol=1e-4, atol=1e-4)  # U: no centring needed
+    assert not torch.allclose(m.ln_final(x) @ m.W_U, (x / s) @ m.W_U, rtol=1e-3, atol=1e-3)
+    assert not torch.allclose(m.W_E @ m.W_U, direct_path(m))  # the direct path goes through the norm
 
 
 def test_term_importance_puts_a_virtual_head_at_order_two():

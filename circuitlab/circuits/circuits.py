@@ -17,9 +17,21 @@ import torch
 from transformer_lens import FactoredMatrix
 
 
+def unembedding(model) -> torch.Tensor:
+    """W_U as the residual stream reaches it: [d_model, d_vocab]. A final LayerNorm without weights (`final_norm`,
+    TransformerLens's LNPre) centres the stream, x -> x - mean(x), so the component of W_U along the all-ones
+    direction never acts and is removed: (I - 11^T / d_model) W_U. Its per-position scale 1 / sigma(x) is left out,
+    as the Framework paper does for LayerNorm (the circuits are then exact up to one positive factor per position).
+    Without a final LayerNorm, W_U itself."""
+    W_U = model.W_U
+    if getattr(model.cfg, "final_norm", False) and not getattr(model.cfg, "layer_norm", False):
+        return W_U - W_U.mean(0, keepdim=True)
+    return W_U
+
+
 def ov_circuit(model) -> FactoredMatrix:
-    """W_E W_V W_O W_U for every head: [n_layers, n_heads, d_vocab, d_vocab]."""
-    return FactoredMatrix(model.W_E @ model.W_V, model.W_O @ model.W_U)
+    """W_E W_V W_O W_U for every head: [n_layers, n_heads, d_vocab, d_vocab] (W_U: `unembedding`)."""
+    return FactoredMatrix(model.W_E @ model.W_V, model.W_O @ unembedding(model))
 
 
 def qk_circuit(model) -> FactoredMatrix:
@@ -33,7 +45,12 @@ def positional_qk_circuit(model) -> FactoredMatrix:
 
 
 def direct_path(model) -> torch.Tensor:
-    """W_E W_U: [d_vocab, d_vocab], the zero-layer model's bigram logits and every model's direct path."""
+    """W_E W_U: [d_vocab, d_vocab], the zero-layer model's bigram logits and every model's direct path. With a final
+    LayerNorm (`final_norm`) the embedding goes through it first, LNPre(W_E) W_U: the zero-layer model's logits
+    exactly (its residual stream is the embedding alone)."""
+    ln = getattr(model, "ln_final", None)
+    if getattr(model.cfg, "final_norm", False) and not getattr(model.cfg, "layer_norm", False) and ln is not None:
+        return ln(model.W_E) @ model.W_U
     return model.W_E @ model.W_U
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from circuitlab.circuits.circuits import unembedding
 from circuitlab.circuits.heads import attention_patterns
 from circuitlab.circuits.paths import head_results
 from circuitlab.circuits.skip_trigrams import SkipTrigramTable, centred_token_circuits
@@ -46,7 +47,7 @@ class SoftmaxCompetition(Result):
 @torch.no_grad()
 def softmax_competition(model, layer: int, head: int, source: int, dest: int, thief: int, out: int, bos: int = 0,
                         decode=None) -> SoftmaxCompetition:
-    U = model.W_U
+    U = unembedding(model)
     u_out = U[:, out] - U.mean(1)  # centred unembedding direction of `out`
 
     def run(context: list[int]) -> tuple[float, torch.Tensor]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from circuitlab.circuits.circuits import unembedding
 from circuitlab.results import Result
 
 
@@ -103,7 +104,7 @@ def copying_score(model, n_tokens: int = 25, n_repeats: int = 4, batch: int = 10
     out = []
     for l in range(model.cfg.n_layers):
         z, pattern = cache[f"blocks.{l}.attn.hook_z"], cache[f"blocks.{l}.attn.hook_pattern"]
-        logits = torch.einsum("bqhe,hed,dv->bqhv", z, model.W_O[l], model.W_U)
+        logits = torch.einsum("bqhe,hed,dv->bqhv", z, model.W_O[l], unembedding(model))
         logits = logits - logits.mean(-1, keepdim=True)
         attended = torch.einsum("bhqk,bkv->bqhv", pattern, onehot)  # attention mass on each token id
         weight = attended / attended.amax(-1, keepdim=True).clamp_min(1e-30)

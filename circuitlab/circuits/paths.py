@@ -24,9 +24,18 @@ from circuitlab.circuits.heads import attention_patterns
 
 
 def is_linear_attention_only(cfg) -> bool:
-    """The paper's setting, where the path expansion is exact: attention only, no LayerNorm, no attention biases."""
-    return (getattr(cfg, "attn_only", False) and getattr(cfg, "normalization_type", None) is None
-            and not getattr(cfg, "attn_bias", False))
+    """The paper's setting, where the path expansion is exact: attention only, no LayerNorm in the blocks, no
+    attention biases. A circuitlab model's `final_norm` (LayerNormPre before W_U only) keeps the blocks linear: the
+    terms are summed first and the sum is normalised, as the model itself does (`unembed`)."""
+    norm_free = getattr(cfg, "normalization_type", None) is None or (
+        getattr(cfg, "final_norm", False) and not getattr(cfg, "layer_norm", False))
+    return getattr(cfg, "attn_only", False) and norm_free and not getattr(cfg, "attn_bias", False)
+
+
+def unembed(model, resid: Tensor) -> Tensor:
+    """The logits of a final residual stream (or of a sum of its terms): the final LayerNorm (if any), then W_U."""
+    ln = getattr(model, "ln_final", None)
+    return (ln(resid) if ln is not None else resid) @ model.W_U
 
 
 def check_linear_attention_only(model, what: str) -> None:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from transformer_lens import FactoredMatrix
 
-from circuitlab.circuits.circuits import row_chunks
+from circuitlab.circuits.circuits import row_chunks, unembedding
 from circuitlab.heads import Head
 from circuitlab.results import Result
 
@@ -34,7 +34,7 @@ def centred_token_circuits(model, layer: int, head: int, pool: Tensor) -> tuple[
     q = E @ model.W_Q[layer, head]
     k = E @ model.W_K[layer, head]
     qk = FactoredMatrix(q, (k - k.mean(0)).T)
-    U = model.W_U[:, pool]
+    U = unembedding(model)[:, pool]
     ov = FactoredMatrix(E @ model.W_V[layer, head], model.W_O[layer, head] @ (U - U.mean(1, keepdim=True)))
     return qk, ov
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from circuitlab.circuits.heads import attention_patterns
-from circuitlab.circuits.paths import check_linear_attention_only, embeddings, head_values, order_expansion
+from circuitlab.circuits.paths import check_linear_attention_only, embeddings, head_values, order_expansion, unembed
 from circuitlab.results import Result
 
 
@@ -45,7 +45,7 @@ class TermImportance(Result):
 
 
 def _loss(model, resid: Tensor, tokens: Tensor) -> float:
-    logits = resid[:, :-1] @ model.W_U
+    logits = unembed(model, resid[:, :-1])
     return float(F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten()))
 
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from circuitlab.circuits.heads import attention_patterns
-from circuitlab.circuits.paths import check_linear_attention_only, embeddings, head_values
+from circuitlab.circuits.paths import check_linear_attention_only, embeddings, head_values, unembed
 from circuitlab.heads import Head
 from circuitlab.induction.icl import icl_positions, loss_of_token
 from circuitlab.results import Result
@@ -54,7 +54,7 @@ def ablated_per_token_loss(model, tokens: Tensor, heads: list[tuple[int, int]], 
                     if hl == l:
                         r[:, :, hh] = 0
                 resid = resid + r.sum(2)
-            out.append(_per_token(resid @ model.W_U, batch).cpu())
+            out.append(_per_token(unembed(model, resid), batch).cpu())
         else:
             def zero(z, hook):
                 layer = int(hook.name.split(".")[1])

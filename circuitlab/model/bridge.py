@@ -25,6 +25,9 @@ def bridge_config(cfg: ModelConfig) -> TransformerBridgeConfig:
             f"positional_embedding_type={cfg.positional_embedding_type!r}, smeared_keys={cfg.smeared_keys}, "
             f"n_layers={cfg.n_layers}"
         )
+    if cfg.final_norm:
+        raise CircuitlabError("TransformerLens's native model has no final-only LayerNormPre (its LNPre models "
+                              "normalise before every layer): this config has final_norm=True")
     return TransformerBridgeConfig(
         d_model=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads, d_head=cfg.d_head, n_ctx=cfg.n_ctx,
         d_vocab=cfg.d_vocab, attn_only=cfg.attn_only, d_mlp=cfg.d_mlp or None, act_fn="relu",

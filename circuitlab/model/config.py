@@ -24,6 +24,10 @@ class ModelConfig:
         paper's models, so the residual stream and the OV path carry tokens only.
     smeared_keys: k_j <- sigmoid(alpha) k_j + (1 - sigmoid(alpha)) k_{j-1}, one trainable alpha per head
         (Olsson et al. 2022, argument 2).
+    final_norm: LayerNormPre on the final residual stream, before W_U: x -> (x - mean(x)) / sqrt(var(x) + eps), no
+        weights (TransformerLens's "LNPre"). The blocks stay linear in the residual stream, so the circuits read from
+        the weights are those of Elhage et al. (2021) with the unembedding centred and one per-position scale left
+        out. (layer_norm: a LayerNorm with weights before every attention layer, MLP and the unembedding.)
     d_mlp: 0 means attention-only.
     init: "gpt2" = N(0, 0.8/sqrt(d_model)) for every matrix (TransformerLens's default);
         "nanda" = the grokking paper's init (W_E ~ N(0,1)/sqrt(d_model), W_U /sqrt(d_vocab), the rest /sqrt(d_model)).
@@ -38,6 +42,7 @@ class ModelConfig:
     positional_embedding_type: PositionalType = "shortformer"
     smeared_keys: bool = False
     layer_norm: bool = False
+    final_norm: bool = False
     attn_bias: bool = False
     d_mlp: int = 0
     init: InitMode = "gpt2"
@@ -51,7 +56,7 @@ class ModelConfig:
 
     @property
     def normalization_type(self) -> str | None:
-        return "LN" if self.layer_norm else None
+        return "LN" if self.layer_norm else ("LNPre" if self.final_norm else None)
 
     @property
     def act_fn(self) -> str:
@@ -77,6 +82,8 @@ class ModelConfig:
             problems.append(
                 f"positional_embedding_type must be 'standard' or 'shortformer' (got {self.positional_embedding_type!r})"
             )
+        if self.layer_norm and self.final_norm:
+            problems.append("final_norm is part of layer_norm (its final LayerNorm has weights): set one of them")
         if self.init not in ("gpt2", "nanda"):
             problems.append(f"init must be 'gpt2' or 'nanda' (got {self.init!r})")
         if problems:

@@ -47,6 +47,22 @@ class LayerNorm(nn.Module):
         return self.hook_normalized(x / scale) * self.w + self.b
 
 
+class LayerNormPre(nn.Module):
+    """TransformerLens's LayerNormPre: (x - mean) / sqrt(var + eps), no weight or bias, with hook_scale and
+    hook_normalized (the final LayerNorm of a `final_norm` model)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.eps = cfg.eps
+        self.hook_scale = HookPoint()
+        self.hook_normalized = HookPoint()
+
+    def forward(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        x = x - x.mean(-1, keepdim=True)
+        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        return self.hook_normalized(x / scale)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -202,7 +218,7 @@ class Transformer(HookedRootModule):
         self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
         self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model))
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
-        self.ln_final = LayerNorm(cfg) if cfg.layer_norm else nn.Identity()
+        self.ln_final = LayerNorm(cfg) if cfg.layer_norm else LayerNormPre(cfg) if cfg.final_norm else nn.Identity()
         self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
         self.hook_embed = HookPoint()
         self.hook_pos_embed = HookPoint()

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from circuitlab.circuits.circuits import unembedding
+
 TOP_KEYS = 8  # attention weights kept per (head, query)
 TOP_LOGITS = 3  # tokens kept per (head, query) for the direct logit attribution, and for the model's prediction
 
@@ -125,7 +127,7 @@ def model_view(model, text: Text, top_keys: int = TOP_KEYS, top_logits: int = TO
     pred_probs = np.zeros((T, top_logits), np.float32)
     loss = np.full(T, np.nan, np.float32)
     targets = torch.tensor(text.targets)
-    W_U = model.W_U
+    W_U = unembedding(model)  # centred where a final LayerNormPre centres the stream
     base = 0
     for w, n in zip(text.windows, lengths):
         ids = w[:n].unsqueeze(0).to(W_U.device)
