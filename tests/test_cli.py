@@ -167,6 +167,7 @@ def test_experiment_induction_on_your_text_over_two_seeds(small_corpus_dir, tmp_
     (["--weight-decay", "nan"], "weight_decay must be"), (["--grad-clip", "nan"], "grad_clip must be"),
     (["--seed", "-1"], "seed must be"), (["--log-checkpoints", "-1"], "log_checkpoints must be"),
     (["--max-steps", "0"], "--max-steps must be at least 1"), (["--max-tokens", "0"], "--max-tokens must be"),
+    (["--layer-norm", "--final-norm"], "final_norm is part of layer_norm"),
 ])
 def test_bad_training_numbers_are_one_line_and_write_nothing(small_corpus_dir, tmp_path, flags, words):
     out = tmp_path / "run"

@@ -60,6 +60,8 @@ PRESETS: dict[str, ExperimentPreset] = {
         differs=["context 512 tokens (the ICL score's own 50 and 500; paper's models: 8192)",
                  "d_model 128, 8 heads of 16, BPE vocabulary 2048, Python standard library source",
                  "until the phase change has settled, at most 100M tokens (20M smeared) (paper: 10B)",
+                 "learning rate 1e-2 after 200 warm-up steps, cosine to 1e-3 over each model's cap (paper: cosine over "
+                 "10B tokens)",
                  "one LayerNorm without weights (LNPre), before the unembedding only (paper: before every layer)"],
     ),
 }
