@@ -63,7 +63,7 @@ def main() -> None:
 
     def measure(ctx):
         if ctx.step == 0 and a.layer_norm:  # the fresh model, before its first update: set the LayerNorm variant
-            lns = [ctx.model.ln_final] + ([] if a.ln_variant in ("affine", "pre") else [])
+            lns = [ctx.model.ln_final]
             for block in ctx.model.blocks:
                 if a.ln_variant.startswith("final"):
                     block.ln1 = torch.nn.Identity()

@@ -24,7 +24,7 @@ def unembedding(model) -> torch.Tensor:
     as the Framework paper does for LayerNorm (the circuits are then exact up to one positive factor per position).
     Without a final LayerNorm, W_U itself."""
     W_U = model.W_U
-    if getattr(model.cfg, "final_norm", False) and not getattr(model.cfg, "layer_norm", False):
+    if getattr(model.cfg, "final_norm", False):  # (a circuitlab config; it excludes layer_norm)
         return W_U - W_U.mean(0, keepdim=True)
     return W_U
 
@@ -48,9 +48,8 @@ def direct_path(model) -> torch.Tensor:
     """W_E W_U: [d_vocab, d_vocab], the zero-layer model's bigram logits and every model's direct path. With a final
     LayerNorm (`final_norm`) the embedding goes through it first, LNPre(W_E) W_U: the zero-layer model's logits
     exactly (its residual stream is the embedding alone)."""
-    ln = getattr(model, "ln_final", None)
-    if getattr(model.cfg, "final_norm", False) and not getattr(model.cfg, "layer_norm", False) and ln is not None:
-        return ln(model.W_E) @ model.W_U
+    if getattr(model.cfg, "final_norm", False):
+        return model.ln_final(model.W_E) @ model.W_U
     return model.W_E @ model.W_U
 
 

@@ -31,36 +31,23 @@ ReturnType = Literal["logits", "loss", "both"]
 
 
 class LayerNorm(nn.Module):
-    """TransformerLens's LayerNorm: (x - mean) / sqrt(var + eps) * w + b, with hook_scale and hook_normalized."""
+    """TransformerLens's LayerNorm: (x - mean) / sqrt(var + eps) * w + b, with hook_scale and hook_normalized.
+    weights=False: TransformerLens's LayerNormPre, no w or b (the final norm of a `final_norm` model)."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, weights: bool = True):
         super().__init__()
         self.eps = cfg.eps
-        self.w = nn.Parameter(torch.ones(cfg.d_model))
-        self.b = nn.Parameter(torch.zeros(cfg.d_model))
+        if weights:
+            self.w = nn.Parameter(torch.ones(cfg.d_model))
+            self.b = nn.Parameter(torch.zeros(cfg.d_model))
         self.hook_scale = HookPoint()
         self.hook_normalized = HookPoint()
 
     def forward(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
         x = x - x.mean(-1, keepdim=True)
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        return self.hook_normalized(x / scale) * self.w + self.b
-
-
-class LayerNormPre(nn.Module):
-    """TransformerLens's LayerNormPre: (x - mean) / sqrt(var + eps), no weight or bias, with hook_scale and
-    hook_normalized (the final LayerNorm of a `final_norm` model)."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.eps = cfg.eps
-        self.hook_scale = HookPoint()
-        self.hook_normalized = HookPoint()
-
-    def forward(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
-        x = x - x.mean(-1, keepdim=True)
-        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        return self.hook_normalized(x / scale)
+        normalized = self.hook_normalized(x / scale)
+        return normalized * self.w + self.b if hasattr(self, "w") else normalized
 
 
 class Attention(nn.Module):
@@ -218,7 +205,7 @@ class Transformer(HookedRootModule):
         self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
         self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model))
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
-        self.ln_final = LayerNorm(cfg) if cfg.layer_norm else LayerNormPre(cfg) if cfg.final_norm else nn.Identity()
+        self.ln_final = LayerNorm(cfg) if cfg.layer_norm else LayerNorm(cfg, weights=False) if cfg.final_norm else nn.Identity()
         self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab))
         self.hook_embed = HookPoint()
         self.hook_pos_embed = HookPoint()
