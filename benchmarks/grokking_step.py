@@ -30,13 +30,15 @@ from circuitlab.training.loop import make_optimizer
 
 
 def last_position_train_flops(cfg, batch: int) -> float:
-    """Matmul FLOPs of one full-batch training epoch of the last-position step: keys and values on all n_ctx
-    positions, the query, attention output, MLP and unembedding on the last one only; backward counted as twice the
-    forward (a gradient for the input and one for the weight of each matmul). Attention scores over 3 keys and the
-    embedding gathers are left out (under 1%)."""
-    d, hd, T = cfg.d_model, cfg.n_heads * cfg.d_head, cfg.n_ctx
-    forward = 2 * batch * (2 * T * d * hd + 2 * d * hd + 2 * d * cfg.d_mlp + d * cfg.d_vocab)
-    return 3 * forward
+    """Matmul FLOPs of one full-batch training epoch of the last-position step, as `last_position_logits` computes
+    it: per example W_O, the MLP and the unembedding on the last position; per (position, token) the query, key and
+    value tables and the score table, whose cost does not grow with the batch. Backward counted as twice the forward
+    (a gradient for the input and one for the weight of each matmul). The per-example attention (T scores and
+    values) and the gathers are left out (under 1%)."""
+    d, hd, T, V = cfg.d_model, cfg.n_heads * cfg.d_head, cfg.n_ctx, cfg.d_vocab
+    per_example = 2 * batch * (hd * d + 2 * d * cfg.d_mlp + d * V)
+    tables = 2 * V * d * hd * (2 * T + 1) + 2 * V * T * V * hd
+    return 3 * (per_example + tables)
 
 
 class PaperModel(nn.Module):

@@ -264,6 +264,60 @@ def test_the_paper_preset_trains_the_same_twice(tmp_path):
     assert not torch.are_deterministic_algorithms_enabled()  # the caller's setting is restored
 
 
+def test_the_paper_preset_trains_the_same_on_one_thread_two_and_switched(tmp_path):
+    """`reproduce` trains the grokking model on one thread beside the other stages, then on every core, switching
+    whenever they finish (`ThreadsFromFile`): that only keeps the results if they do not depend on the thread count.
+    The paper's preset trained on 1 thread, on 2, and switched from 1 to 2 at epoch 20: the same weights and the same
+    metrics, to the bit."""
+    from circuitlab.training.threads import ThreadsFromFile
+
+    if torch.get_num_threads() < 2:
+        pytest.skip("needs two torch threads")
+    g = grokking_model(epochs=40, checkpoint_every=40, log_every=10)
+    m, t = g.configs()
+    saved = torch.get_num_threads()
+    runs = {}
+    try:
+        for name, start, switch in (("one", 1, None), ("two", 2, None), ("switched", 1, 2)):
+            f = tmp_path / f"{name}.threads"
+            f.write_text(f"{start}\n")
+
+            def cb(ctx, follow=ThreadsFromFile(f), f=f, switch=switch):
+                follow(ctx)
+                if switch and ctx.step == 20:
+                    f.write_text(f"{switch}\n")  # read at the next evaluation: epochs 31-40 on 2 threads
+                return {"threads": torch.get_num_threads()}
+
+            torch.set_num_threads(start)
+            runs[name] = train(m, t, ModularAdditionTask(**g.task), tmp_path / name, progress=False, callbacks=[cb])
+    finally:
+        torch.set_num_threads(saved)
+    assert [r["threads"] for r in runs["switched"].metrics] == [1, 1, 1, 2, 2]
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu", "threads")}  # noqa: E731
+                          for r in rows]
+    for other in ("two", "switched"):
+        for (n, x), y in zip(runs["one"].model().state_dict().items(), runs[other].model().state_dict().values()):
+            assert torch.equal(x, y), (other, n)
+        assert strip(runs[other].metrics) == strip(runs["one"].metrics)
+
+
+def test_grokking_in_its_own_process_fails_in_one_line(tmp_path):
+    """The background grokking stage of `reproduce`: a run that cannot start (here OUT/run is a file) ends its process
+    with the error, and waiting for it raises that error as one line, naming the process's output."""
+    from circuitlab.experiments.background import BackgroundGrokking
+    from circuitlab.experiments.grokking import grokking_preset
+
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "run").write_text("not a folder")
+    bg = BackgroundGrokking(grokking_preset("tiny", p=13, epochs=20, checkpoint_every=10, log_every=10, d_model=16,
+                                            d_mlp=32, n_heads=2, d_head=8), tmp_path / "g")
+    bg.wait_started()
+    with pytest.raises(CircuitlabError, match=r"failed in its own process \(exit status 2\): --out .*run is a file") as e:
+        bg.wait(progress=False)
+    assert "\n" not in str(e.value) and "background.log" in str(e.value)
+    assert (tmp_path / "g" / "run").read_text() == "not a folder"  # nothing lost
+
+
 def test_grokking_over_two_seeds_reports_k_of_n(tmp_path):
     from typer.testing import CliRunner
 

@@ -49,6 +49,23 @@ def test_pattern_task_labels_follow_one_mapping_per_sequence():
     assert mask[0].nonzero().flatten().tolist() == task.colon_positions()
 
 
+def test_pattern_task_draws_the_words_one_draw_each_would():
+    """The words are picked in one vectorised draw; the sequences are the ones a draw per word made (the data of
+    runs trained before the change), and the generator is left where that left it."""
+    task = pattern_task()
+
+    def one_by_one(cats, c, g):
+        return torch.stack([torch.tensor(cats[int(k)])[torch.randint(0, len(cats[int(k)]), (1,), generator=g)][0]
+                            for k in c.flatten()]).view(c.shape)
+
+    for seed, batch in ((0, 1), (3, 32), (11, 100)):
+        g, h = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        c = torch.randint(0, 2, (batch, task.n_examples), generator=torch.Generator().manual_seed(seed + 1))
+        for cats in (task.first, task.second):
+            assert torch.equal(task._pick(cats, c, g), one_by_one(cats, c, h))
+        assert torch.equal(torch.randint(0, 10**6, (4,), generator=g), torch.randint(0, 10**6, (4,), generator=h))
+
+
 def test_translation_behaviour_scores_the_fuzzy_target():
     """A model whose every layer-1 head attends exactly from A to the token after A* scores 1; checked by planting
     the pattern through a hook on a random model."""

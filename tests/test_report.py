@@ -11,7 +11,7 @@ import pytest
 from circuitlab.data import load_corpus, prepare_tokens
 from circuitlab.experiments.framework import analyze_run, framework_claims
 from circuitlab.experiments.framework.run import FrameworkResults
-from circuitlab.experiments.grokking import grokking_preset, run_grokking_experiment
+from circuitlab.experiments.grokking import GrokkingResults, grokking_preset, run_grokking_experiment
 from circuitlab.experiments.induction import run_induction_experiment
 from circuitlab.experiments.reproduce import build_report
 from circuitlab.model import ModelConfig
@@ -199,8 +199,11 @@ def test_reproduce_runs_every_stage_then_reuses_them(small_corpus_dir, tiny_gpt2
                           "ioi_model": str(tiny_gpt2_ioi)}))
     out, corpus = tmp_path / "r", {"text": str(small_corpus_dir)}
     lines: list[str] = []
-    first = reproduce.reproduce("tiny", out, progress=False, log=lines.append, corpus=corpus)
-    assert [s.status for s in first.values()] == ["ran"] * 5
+    first = reproduce.reproduce("tiny", out, progress=False, log=lines.append, corpus=corpus, overlap=True)
+    # grokking trained in its own process from the start, beside induction and circuits
+    assert [s.status for s in first.values()] == ["ran", "ran", "ran in parallel", "ran", "ran"]
+    assert lines[0].startswith("grokking (Nanda et al. 2023) starts in its own process")
+    assert GrokkingResults.load(out / "grokking" / "results.json").seconds["train"] > 0
     assert [line for line in lines if line.startswith("[")][0].startswith("[1/5] induction")
     assert sum(line.startswith("[") for line in lines) == 5
     assert (out / "report.html").exists()

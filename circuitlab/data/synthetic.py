@@ -93,16 +93,25 @@ class PatternTask(SequenceTask):
         c2 = torch.randint(0, 2, (batch, n), generator=g)
         mapping = torch.stack([torch.randperm(4, generator=g) for _ in range(batch)])  # pair index -> label
         pair = 2 * c1 + c2
-        pick = lambda cats, c: torch.stack([  # noqa: E731
-            torch.tensor(cats[int(k)])[torch.randint(0, len(cats[int(k)]), (1,), generator=g)][0] for k in c.flatten()
-        ]).view(c.shape)
-        w1, w2 = pick(self.first, c1), pick(self.second, c2)
+        w1, w2 = self._pick(self.first, c1, g), self._pick(self.second, c2, g)
         label = torch.tensor(self.labels)[mapping.gather(1, pair)]
         ex = torch.stack([w1, w2, torch.full_like(w1, self.colon), label, torch.full_like(w1, self.newline)], dim=2)
         tokens = torch.cat([torch.zeros(batch, 1, dtype=torch.long), ex.view(batch, -1)], dim=1)
         mask = torch.zeros(batch, tokens.shape[1] - 1, dtype=torch.bool)
         mask[:, self.colon_positions()] = True  # the prediction made at ':' is the label
         return (tokens, mask, pair) if return_pairs else (tokens, mask)
+
+    @staticmethod
+    def _pick(cats: list[list[int]], c: Tensor, g: torch.Generator) -> Tensor:
+        """A uniformly drawn word of category c[i] for every i, as one draw per word (in c's order) would pick it:
+        torch's CPU randint(0, n) takes one 32-bit draw r per element and returns r mod n, so one randint(0, m) with
+        m a multiple of every category's size, reduced mod each size, picks the same words (tested) in one call."""
+        import math
+
+        sizes = torch.tensor([len(words) for words in cats])
+        table = torch.tensor([words + [0] * (max(sizes) - len(words)) for words in cats])  # [category, word]
+        r = torch.randint(0, math.lcm(*sizes.tolist()), (c.numel(),), generator=g).view(c.shape)
+        return table[c, r % sizes[c]]
 
     def settings(self) -> dict:
         return {"n_examples": self.n_examples}

@@ -4,7 +4,8 @@ them; each stage reuses what a finished earlier call left in OUT and resumes wha
 1. induction: the 1L/2L/smeared-key models (3L in full), measured over training (`experiments.induction`);
 2. circuits: the Framework experiment trains a zero-layer model (and in full an 8-layer one) and analyses it with
    the 1L and 2L (3L) models of stage 1 (`experiments.framework`);
-3. grokking: modular addition (`experiments.grokking`);
+3. grokking: modular addition (`experiments.grokking`). On two or more cores it runs from the start in a process of
+   its own, on one thread beside stages 1 and 2, then on every core (`experiments.background`);
 4. IOI: the indirect-object circuit of a pretrained model, offline by default (`experiments.ioi`);
 5. the report: OUT/report.html, one section per experiment (`build_report`).
 
@@ -15,13 +16,17 @@ then one stage here and one entry in SECTIONS.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from circuitlab.data import load_corpus
 from circuitlab.errors import CircuitlabError
 from circuitlab.experiments import framework, grokking, induction, ioi
+from circuitlab.experiments.background import BackgroundGrokking
 from circuitlab.experiments.claims import Claim
 from circuitlab.experiments.framework.report import framework_sections
 from circuitlab.experiments.grokking.report import grokking_sections
@@ -32,6 +37,7 @@ from circuitlab.experiments.seeds import finished, run_seeds, seed_dir
 from circuitlab.report.page import Page, claims_table, viewer_section, write_page
 from circuitlab.results import Result, atomic_write_text
 from circuitlab.training.presets import ExperimentPreset, choose
+from circuitlab.training.threads import ENV as THREADS_ENV
 
 # which preset of each experiment a reproduce preset runs
 PRESETS: dict[str, ExperimentPreset] = {
@@ -51,10 +57,12 @@ class StageSummary(Result):
 
 
 def reproduce(preset: str, out: Path | str, progress: bool = True, log=print, corpus: dict | None = None,
-              seeds: int = 1) -> dict[str, StageSummary]:
+              seeds: int = 1, overlap: bool | None = None) -> dict[str, StageSummary]:
     """Run every stage; returns {stage: summary} (also OUT/summary.json). corpus: `load_corpus` arguments for the
     language models (default: the embedded stdlib corpus). seeds > 1: every stage for seeds 0..N-1 (seed k > 0 under
-    STAGE/seeds/k), each claim reported as reproduced in k of N seeds (STAGE/seeds.json)."""
+    STAGE/seeds/k), each claim reported as reproduced in k of N seeds (STAGE/seeds.json). overlap: train the grokking
+    model beside the induction and circuits stages (default: with one seed, two or more free cores and no
+    CIRCUITLAB_THREADS); its stage's seconds are then counted from the start."""
     if seeds < 1:
         raise CircuitlabError(f"--seeds must be at least 1 (got {seeds})")
     p = choose(PRESETS, preset)
@@ -83,8 +91,6 @@ def reproduce(preset: str, out: Path | str, progress: bool = True, log=print, co
         stage(name, lambda: (saved or run(p, d, 0)).claims, saved is not None)
 
     ind_dir = out / "induction"
-    experiment("induction heads (Olsson et al. 2022)", induction.InductionResults, ind_p, ind_dir,
-               lambda p, d, k: induction.run_induction_experiment(p, d, progress=progress, corpus=corpus), corpus_id)
 
     def circuits(p, d, k):
         runs = {"attn1": seed_dir(ind_dir, k) / "runs" / "1L", "attn2": seed_dir(ind_dir, k) / "runs" / "2L"}
@@ -93,10 +99,43 @@ def reproduce(preset: str, out: Path | str, progress: bool = True, log=print, co
         return framework.run_framework_experiment(p, d, runs, like=shared_model_settings(ind_p), corpus=corpus,
                                                   progress=progress)
 
-    experiment("circuits (Elhage et al. 2021)", framework.FrameworkResults, fw_p, out / "circuits", circuits,
-               corpus_id)
-    experiment("grokking (Nanda et al. 2023)", grokking.GrokkingResults, grok_p, out / "grokking",
-               lambda p, d, k: grokking.run_grokking_experiment(p, d, progress=progress), None)
+    def overlapped_grokking() -> list[Claim]:
+        background.give(threads)  # stages 1 and 2 are done: every core
+        log(f"    trained in its own process since the start; now on {threads} threads")
+        background.wait(progress)
+        return grokking.GrokkingResults.load(grok_dir / "results.json").claims
+
+    grok_dir = out / "grokking"
+    threads = torch.get_num_threads()
+    if overlap is None:
+        overlap = seeds == 1 and threads >= 2 and THREADS_ENV not in os.environ
+    background = None
+    if overlap and finished(grokking.GrokkingResults, grok_dir / "results.json", grok_p.name, None) is None:
+        background = BackgroundGrokking(grok_p, grok_dir, threads=1)
+        background.wait_started()
+        torch.set_num_threads(max(1, threads - 1))  # the other cores for this process's own work
+        log(f"grokking (Nanda et al. 2023) starts in its own process, on one thread beside the next stages "
+            f"(its output: {background.log_path})")
+    try:
+        experiment("induction heads (Olsson et al. 2022)", induction.InductionResults, ind_p, ind_dir,
+                   lambda p, d, k: induction.run_induction_experiment(p, d, progress=progress, corpus=corpus),
+                   corpus_id)
+        experiment("circuits (Elhage et al. 2021)", framework.FrameworkResults, fw_p, out / "circuits", circuits,
+                   corpus_id)
+        torch.set_num_threads(threads)
+        if background is None:
+            experiment("grokking (Nanda et al. 2023)", grokking.GrokkingResults, grok_p, grok_dir,
+                       lambda p, d, k: grokking.run_grokking_experiment(p, d, progress=progress), None)
+        else:
+            name = "grokking (Nanda et al. 2023)"
+            stage(name, overlapped_grokking, False)
+            # its stage began with the first: its seconds are counted from then
+            summary[name] = StageSummary("ran in parallel", round(time.perf_counter() - background.t0, 1),
+                                         summary[name].claims)
+    finally:
+        torch.set_num_threads(threads)
+        if background is not None:
+            background.stop()  # after an error or Ctrl-C: the run resumes where it stopped next time
     experiment("IOI circuit (Wang et al. 2022)", ioi.IOIResults, ioi_p, out / "ioi",
                lambda p, d, k: ioi.run_ioi_experiment(p.but(settings={"seed": k}), d, ioi_model, log=log), None,
                ioi_model)

@@ -14,31 +14,30 @@ from circuitlab.model.model import Transformer
 
 def last_position_logits(model: Transformer, tokens: Tensor) -> Tensor:
     """model(tokens)[:, -1] for a one-layer model without LayerNorm, computing only what the last position needs:
-    [batch, d_vocab]. Keys and values of position i are rows of the table (W_E + W_pos[i]) W_K (W_V) gathered by
-    token, so their cost scales with the vocabulary, not the batch."""
+    [batch, d_vocab]. Every input is a (position, token) pair, so the attention scores of the last query are rows of
+    a score table: S[h, a, (i, b)] = (x_a W_Q^h) . (x_{i,b} W_K^h) / sqrt(d_head) with x_{i,b} = W_E[b] + W_pos[i],
+    [H, V, T * V] for V tokens and T positions, and the values rows of the table x_{i,b} W_V. Each example gathers
+    its T scores and values by token, so the attention's cost scales with the vocabulary, not the batch; the matmuls
+    left per example are W_O, the MLP and W_U."""
     cfg = model.cfg
     if cfg.n_layers != 1 or cfg.layer_norm or cfg.attn_bias or cfg.positional_embedding_type != "standard":
         raise ValueError("last_position_logits covers the grokking model: 1 layer, standard positions, no LN/biases")
     a = model.blocks[0].attn
     B, T = tokens.shape
-    H, E = cfg.n_heads, cfg.d_head
+    H, E, V = cfg.n_heads, cfg.d_head, cfg.d_vocab
     resid_in = model.W_E[None] + model.W_pos[:T, None]  # [T, V, D]: every (position, token) input
-    pos = torch.arange(T, device=tokens.device)
-    # Gather q, k, v from per-(position, token) tables. Separate tables, not slices of one gathered tensor: the
-    # backward of a slice allocates and zero-fills the whole [batch, ...] tensor, which dominated the step.
-    V = cfg.d_vocab
-    rows = tokens + V * pos  # each (position, token)'s row of the flattened [T * V] tables
+    rows = tokens + V * torch.arange(T, device=tokens.device)  # each (position, token)'s row of the [T * V] tables
+    last = tokens[:, -1]
+    q = torch.einsum("vd,hde->hve", resid_in[T - 1], a.W_Q)  # [H, V, E]: the query of every last token
+    k = torch.einsum("tvd,hde->htve", resid_in, a.W_K).reshape(H, T * V, E)
+    scores = (q @ k.transpose(1, 2) / math.sqrt(E)).permute(1, 2, 0).reshape(V * T * V, H)  # [(a, (i, b)), H]
     # F.embedding, not indexing: its backward accumulates rows in one fast pass, where indexing's backward
     # (index_put_ with accumulate) took a third of the step (benchmarks/grokking_step.py)
-    q = F.embedding(tokens[:, -1], torch.einsum("vd,hde->vhe", resid_in[T - 1], a.W_Q).reshape(V, H * E))
-    k = F.embedding(rows, torch.einsum("tvd,hde->tvhe", resid_in, a.W_K).reshape(T * V, H * E))
-    v = F.embedding(rows, torch.einsum("tvd,hde->tvhe", resid_in, a.W_V).reshape(T * V, H * E))
-    q, k, v = q.view(B, H, E), k.view(B, T, H, E), v.view(B, T, H, E)
-    # tiny per-example products: elementwise beats batched matmuls of 1 x E by E x T
-    pattern = ((q[:, None] * k).sum(-1) / math.sqrt(E)).softmax(1)  # [B, T, H]: the last query sees all T
+    pattern = F.embedding(last[:, None] * (T * V) + rows, scores).softmax(1)  # [B, T, H]: the last query sees all T
+    v = F.embedding(rows, torch.einsum("tvd,hde->tvhe", resid_in, a.W_V).reshape(T * V, H * E)).view(B, T, H, E)
     z = (pattern[..., None] * v).sum(1)  # [B, H, E]
-    resid = F.embedding(tokens[:, -1], resid_in[T - 1]) + z.reshape(B, H * E) @ a.W_O.reshape(H * E, cfg.d_model)
+    resid = torch.addmm(F.embedding(last, resid_in[T - 1]), z.reshape(B, H * E), a.W_O.reshape(H * E, cfg.d_model))
     if not cfg.attn_only:
         mlp = model.blocks[0].mlp
-        resid = resid + F.relu(resid @ mlp.W_in + mlp.b_in) @ mlp.W_out + mlp.b_out
+        resid = resid + torch.addmm(mlp.b_out, F.relu(torch.addmm(mlp.b_in, resid, mlp.W_in)), mlp.W_out)
     return resid @ model.W_U

@@ -87,9 +87,13 @@ def masked_accuracy(model, tokens: Tensor, mask: Tensor) -> float:
     return float((pred == tokens[:, 1:])[mask].float().mean())
 
 
-def modular_loss_and_accuracy(logits: Float[Tensor, "batch d_vocab"], labels: Tensor, p: int) -> tuple[Tensor, float]:
+def modular_loss(logits: Float[Tensor, "batch d_vocab"], labels: Tensor, p: int) -> Tensor:
     """Cross-entropy over the p answers in float64, as the grokking paper's code computes it (Nanda et al. 2023):
     once the training set is memorised the loss is ~1e-7, where float32 log-softmax rounds and the updates turn
     into periodic loss spikes. The '=' column of W_U is never a target (as if d_vocab_out = p)."""
-    logits = logits[:, :p].double()
-    return F.cross_entropy(logits, labels), float((logits.argmax(-1) == labels).float().mean())
+    return F.cross_entropy(logits[:, :p].double(), labels)
+
+
+def modular_loss_and_accuracy(logits: Float[Tensor, "batch d_vocab"], labels: Tensor, p: int) -> tuple[Tensor, float]:
+    """`modular_loss` and the accuracy of the argmax over the p answers."""
+    return modular_loss(logits, labels, p), float((logits[:, :p].argmax(-1) == labels).float().mean())

@@ -25,7 +25,7 @@ from circuitlab.errors import CircuitlabError
 from circuitlab.model import ModelConfig
 from circuitlab.model.last_position import last_position_logits
 from circuitlab.results import atomic_write_text
-from circuitlab.model.loss import masked_accuracy, masked_cross_entropy, modular_loss_and_accuracy
+from circuitlab.model.loss import masked_accuracy, masked_cross_entropy, modular_loss, modular_loss_and_accuracy
 from circuitlab.training.config import TrainConfig
 from circuitlab.training.flops import train_flops_per_token
 
@@ -198,7 +198,7 @@ class ModularAdditionTask(Task):
 
     def loss(self, model, batch) -> Tensor:
         x, y = batch
-        return modular_loss_and_accuracy(last_position_logits(model, x), y, self.p)[0]
+        return modular_loss(last_position_logits(model, x), y, self.p)  # the accuracy only at evaluations
 
     @torch.no_grad()
     def evaluate(self, model, step: int) -> dict:

@@ -85,3 +85,33 @@ def use_free_cores() -> int:
     n = threads_for(int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     torch.set_num_threads(n)
     return n
+
+
+class ThreadsFromFile:
+    """An evaluation callback (`train(callbacks=[...])`) that sets torch's thread count to the number in `path`
+    whenever another process rewrites it, so a run that shares the cores with other work can take them all once that
+    work is done (`reproduce` runs the grokking stage so). The grokking step's results do not depend on the thread
+    count (tested: the same weights with the count switched mid-run), so when the switch happens changes nothing.
+    On its first call it writes `path`.started, to say training has begun."""
+
+    def __init__(self, path):
+        from pathlib import Path
+
+        self.path, self.seen = Path(path), None
+
+    def __call__(self, ctx) -> None:
+        import torch
+
+        try:
+            stamp = self.path.stat().st_mtime_ns
+            if stamp != self.seen:
+                self.seen = stamp
+                n = int(self.path.read_text().strip())
+                if n >= 1 and n != torch.get_num_threads():
+                    torch.set_num_threads(n)
+        except (OSError, ValueError):
+            pass  # no file (yet), or one half written: keep the count
+        started = self.path.with_name(self.path.name + ".started")
+        if not started.exists():
+            started.write_text(f"{ctx.step}\n")
+        return None

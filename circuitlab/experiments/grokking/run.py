@@ -1,5 +1,8 @@
 """The grokking experiment (Nanda et al. 2023): train with the paper's settings (or a labelled quick preset) through
-the one training loop, analyse the run, and write OUT/results.json with the claims and plot data."""
+the one training loop, analyse the run, and write OUT/results.json with the claims and plot data.
+
+`python -m circuitlab.experiments.grokking SPEC` runs it in a process of its own, the way `reproduce` runs it
+beside the induction models (`spec_of` writes SPEC; `training.threads.ThreadsFromFile` sets its thread count)."""
 
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ from circuitlab.training import ModularAdditionTask, train
 from circuitlab.training.presets import ExperimentPreset
 
 
-def run_grokking_experiment(preset: ExperimentPreset, out: Path | str, progress: bool = True) -> GrokkingResults:
+def run_grokking_experiment(preset: ExperimentPreset, out: Path | str, progress: bool = True,
+                            callbacks: tuple = ()) -> GrokkingResults:
     """Train (resuming, or reusing a finished run in OUT/run), analyse, write OUT/results.json."""
     out = Path(out)
     run_dir = out / "run"
@@ -20,10 +24,17 @@ def run_grokking_experiment(preset: ExperimentPreset, out: Path | str, progress:
     m, t = model.configs()
     t0 = time.perf_counter()
     run = train(m, t, ModularAdditionTask(**model.task), run_dir, resume=(run_dir / "run.json").exists(),
-                progress=progress)
+                progress=progress, callbacks=list(callbacks))
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     result = analyze_grokking(run, preset.name, list(preset.differs))
     result.seconds = {"train": train_s, "analysis": time.perf_counter() - t0}
     result.save(out / "results.json")
     return result
+
+
+def spec_of(preset: ExperimentPreset, out: Path, threads_file: Path) -> dict:
+    """What the process of its own needs: the preset (rebuilt from its changes of `grokking_model`, so a preset made
+    in the calling process travels too), OUT and the threads file."""
+    return {"name": preset.name, "differs": list(preset.differs), "changes": preset.settings["grokking_model"],
+            "out": str(out), "threads_file": str(threads_file)}

@@ -1,0 +1,38 @@
+"""`python -m circuitlab.experiments.grokking SPEC`: the grokking experiment in a process of its own, from a spec
+file (`run.spec_of`), with its thread count read from the spec's threads file as it trains (`reproduce` runs it so,
+beside the induction models)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from circuitlab.experiments.grokking.run import run_grokking_experiment
+
+
+def main(argv: list[str]) -> int:
+    """Run the experiment from a spec file (`spec_of`); a CircuitlabError is one line on stderr and exit status 2."""
+    import torch
+
+    from circuitlab.errors import CircuitlabError
+    from circuitlab.experiments.grokking.presets import grokking_preset
+    from circuitlab.training.threads import ThreadsFromFile
+
+    spec = json.loads(Path(argv[0]).read_text())
+    threads = ThreadsFromFile(spec["threads_file"])
+    try:
+        torch.set_num_threads(max(1, int(Path(spec["threads_file"]).read_text().strip())))
+    except (OSError, ValueError):
+        pass
+    try:
+        preset = grokking_preset(spec["name"], tuple(spec["differs"]), **spec["changes"])
+        run_grokking_experiment(preset, spec["out"], progress=False, callbacks=(threads,))
+    except CircuitlabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
