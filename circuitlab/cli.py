@@ -374,7 +374,7 @@ def view(
 @app.command()
 @_friendly
 def reproduce(
-    preset: str = typer.Option("quick", help="'quick' (a 2-core CPU, about 40 minutes) or 'full' (the papers' context; many hours)."),
+    preset: str = typer.Option("quick", help="'quick' (a 2-core CPU, 20-25 minutes) or 'full' (the papers' context; many hours)."),
     out: Optional[Path] = typer.Option(None, help="Output directory (default runs/reproduce-PRESET); finished stages in it are reused."),
     text: Optional[str] = typer.Option(None, help="Your own text for the language models: a file, a folder or a glob."),
     hf_dataset: Optional[str] = typer.Option(None, help="A Hugging Face dataset NAME[:SPLIT] for the language models."),
@@ -459,7 +459,7 @@ def experiment_grokking(
 @experiment_app.command("induction")
 @_friendly
 def experiment_induction(
-    preset: str = typer.Option("quick", help="'quick' (calibrated for a 2-core CPU, ~25 min) or 'full' (512 context; hours)."),
+    preset: str = typer.Option("quick", help="'quick' (calibrated for a 2-core CPU, 5-10 min) or 'full' (512 context; hours)."),
     out: Optional[Path] = typer.Option(None, help="Experiment directory (default runs/induction-PRESET); runs in it are reused or resumed."),
     workers: Optional[int] = typer.Option(None, help="Models trained at once (default: 2 on a machine with <= 4 cores)."),
     text: Optional[str] = typer.Option(None, help="Your own text instead of the embedded corpus: a file, a folder or a glob."),

@@ -164,6 +164,9 @@ def test_induction_experiment_end_to_end_and_reuse(small_corpus_dir, tiny_experi
                           "claims"}
     assert sum(parts.values()) <= r.seconds["analysis"] + 0.01
     assert set(r.seconds["per_model_measuring"]) == set(TINY.models)
+    # the behaviours' task models trained in the worker pool beside the language models; the analysis reused them
+    assert set(r.seconds["per_model_done_at"]) == set(TINY.models) | {"translation task", "pattern task"}
+    assert all(t <= r.seconds["train_and_measure"] for t in r.seconds["per_model_done_at"].values())
     assert all(0 < v <= r.seconds["train_and_measure"] for v in r.seconds["per_model_measuring"].values())
     # a second run reuses everything: no checkpoint rewritten, no checkpoint measured again
     ckpt = out / "runs" / "2L" / "checkpoints"

@@ -66,8 +66,22 @@ def analyze_ablations(run: Run, rows: list[Measurement], windows: torch.Tensor, 
     return Ablations(group, series, full)
 
 
-def _task_model(out: Path, task, model_cfg, steps: int):
-    """Train (or reuse) a small model on a synthetic task with the one training loop; returns (model, training)."""
+def task_models(task_steps: int) -> dict[str, tuple]:
+    """The behaviours' small models on the synthetic tasks: {task name: (task, ModelConfig, training steps)}."""
+    from circuitlab.data.synthetic import pattern_task, translation_task
+    from circuitlab.model import ModelConfig
+
+    small = dict(n_layers=2, d_model=64, n_heads=4, d_head=16)
+    translation, pattern = translation_task(), pattern_task()
+    return {"translation": (translation, ModelConfig(**small, n_ctx=translation.n_ctx, d_vocab=translation.d_vocab),
+                            task_steps),
+            "pattern": (pattern, ModelConfig(**small, n_ctx=pattern.n_ctx, d_vocab=pattern.d_vocab, smeared_keys=True),
+                        2 * task_steps)}
+
+
+def train_task_model(out: Path, task, model_cfg, steps: int):
+    """Train (or reuse) a small model on a synthetic task with the one training loop, in OUT/tasks/NAME; returns
+    (model, training). `train_all` trains them in its worker processes beside the language models."""
     from circuitlab.training import SequenceTaskTraining, TrainConfig, train
 
     run_dir = out / "tasks" / task.name
@@ -80,9 +94,7 @@ def _task_model(out: Path, task, model_cfg, steps: int):
 
 
 def behaviours(out: Path, run: Run, head: Head | None, task_steps: int) -> Behaviours:
-    from circuitlab.data.synthetic import pattern_task, translation_task
     from circuitlab.induction.behaviours import copying_behaviour, pattern_behaviour, translation_behaviour
-    from circuitlab.model import ModelConfig
 
     copying, skipped = None, "no induction head to examine"
     if head is not None:
@@ -90,17 +102,15 @@ def behaviours(out: Path, run: Run, head: Head | None, task_steps: int) -> Behav
             copying, skipped = copying_behaviour(run.model(), run.tokenizer, COPYING_PASSAGE, COPYING_NAME, head), None
         except ValueError as e:  # the passage does not fit a tiny context
             skipped = str(e)
-    small = dict(n_layers=2, d_model=64, n_heads=4, d_head=16)
-    task = translation_task()
-    model, t_info = _task_model(out, task, ModelConfig(**small, n_ctx=task.n_ctx, d_vocab=task.d_vocab), task_steps)
+    tasks = task_models(task_steps)
+    task, cfg, steps = tasks["translation"]
+    model, t_info = train_task_model(out, task, cfg, steps)
     translation = translation_behaviour(model, task)
-    task = pattern_task()
-    model, p_info = _task_model(out, task, ModelConfig(**small, n_ctx=task.n_ctx, d_vocab=task.d_vocab,
-                                                        smeared_keys=True), 2 * task_steps)
+    task, cfg, steps = tasks["pattern"]
+    model, p_info = train_task_model(out, task, cfg, steps)
     return Behaviours(translation, t_info, pattern_behaviour(model, task), p_info, copying, skipped)
 
 
-@torch.no_grad()
 def attention_viewer(run: Run, windows: torch.Tensor, copy_text: str) -> list[ViewerPrompt]:
     """Prompts for the report's attention viewer: held-out text repeated, and the rare-identifier passage; every
     head's pattern, rounded to 3 decimals."""

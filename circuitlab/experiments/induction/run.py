@@ -64,6 +64,19 @@ def _train_and_measure(name: str, mcfg: dict, tcfg: dict, run_dir: str, probe_pa
     return name
 
 
+def _train_task(name: str, task_steps: int, out: str, threads: int) -> str:
+    """Worker: train (or reuse) one of the behaviours' synthetic-task models (`analysis.task_models`), so it trains
+    beside the language models instead of after them."""
+    import torch
+
+    from circuitlab.experiments.induction.analysis import task_models, train_task_model
+
+    torch.set_num_threads(threads)
+    task, cfg, steps = task_models(task_steps)[name]
+    train_task_model(Path(out), task, cfg, steps)
+    return name
+
+
 def _progress_state(run_dir: Path, total: int) -> tuple[str, int]:
     """(stage, completed) for the progress display, read from the files a worker writes."""
     ckpts = run_dir / "checkpoints"
@@ -168,11 +181,20 @@ def train_all(preset: ExperimentPreset, out: Path, workers: int | None = None, p
                                threads, corpus, rules[n], set_threads=False)
             seconds[n] = time.perf_counter() - t0
         return seconds, data.info["corpus_id"]
+    dirs = {n: out / "runs" / n for n in order}
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         futures = {pool.submit(_train_and_measure, n, cfgs[n][0].to_dict(), cfgs[n][1].to_dict(),
-                               str(out / "runs" / n), str(probe_path), threads, corpus, rules[n]): n for n in order}
+                               str(dirs[n]), str(probe_path), threads, corpus, rules[n]): n for n in order}
+        if device == "cpu":  # the behaviours' task models fill in behind (the longer first); the analysis reuses them
+            from circuitlab.experiments.induction.analysis import task_models
+
+            tasks = task_models(preset.settings["task_steps"])
+            for t in sorted(tasks, key=lambda t: -tasks[t][2]):
+                n = f"{t} task"
+                dirs[n], totals[n] = out / "tasks" / t, tasks[t][2]
+                futures[pool.submit(_train_task, t, preset.settings["task_steps"], str(out), threads)] = n
         if progress:
-            _show_progress(futures, out, totals, seconds, t0)
+            _show_progress(futures, dirs, totals, seconds, t0)
         for f, n in futures.items():
             try:
                 f.result()  # re-raises a worker's error
@@ -185,7 +207,7 @@ def train_all(preset: ExperimentPreset, out: Path, workers: int | None = None, p
     return seconds, data.info["corpus_id"]
 
 
-def _show_progress(futures: dict, out: Path, totals: dict[str, int], seconds: dict, t0: float) -> None:
+def _show_progress(futures: dict, dirs: dict[str, Path], totals: dict[str, int], seconds: dict, t0: float) -> None:
     from rich.progress import (
         BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
     )
@@ -200,7 +222,7 @@ def _show_progress(futures: dict, out: Path, totals: dict[str, int], seconds: di
                     seconds.setdefault(n, time.perf_counter() - t0)
                     bar.update(tasks[n], completed=totals[n], stage="done")
                 else:
-                    stage, done = _progress_state(out / "runs" / n, totals[n])
+                    stage, done = _progress_state(dirs[n], totals[n])
                     bar.update(tasks[n], completed=done, stage=stage)
             time.sleep(1.0)
         for f, n in futures.items():
