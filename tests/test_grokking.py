@@ -264,11 +264,13 @@ def test_the_paper_preset_trains_the_same_twice(tmp_path):
     assert not torch.are_deterministic_algorithms_enabled()  # the caller's setting is restored
 
 
-def test_the_paper_preset_trains_the_same_on_one_thread_two_and_switched(tmp_path):
+def test_the_thread_count_check_tells_whether_a_switch_mid_run_changes_the_results(tmp_path):
     """`reproduce` trains the grokking model on one thread beside the other stages, then on every core, switching
-    whenever they finish (`ThreadsFromFile`): that only keeps the results if they do not depend on the thread count.
-    The paper's preset trained on 1 thread, on 2, and switched from 1 to 2 at epoch 20: the same weights and the same
-    metrics, to the bit."""
+    whenever they finish (`ThreadsFromFile`), but only where `thread_invariant` says this machine's kernels round
+    alike on 1 and 2 threads. The paper's preset trained on 1 thread, on 2, and switched from 1 to 2 at epoch 20: the
+    same weights and metrics, to the bit, exactly when the check says so (on this machine either way)."""
+    from circuitlab.experiments.grokking import grokking_preset
+    from circuitlab.experiments.grokking.run import thread_invariant
     from circuitlab.training.threads import ThreadsFromFile
 
     if torch.get_num_threads() < 2:
@@ -293,12 +295,27 @@ def test_the_paper_preset_trains_the_same_on_one_thread_two_and_switched(tmp_pat
     finally:
         torch.set_num_threads(saved)
     assert [r["threads"] for r in runs["switched"].metrics] == [1, 1, 1, 2, 2]
+    assert (tmp_path / "switched.threads.started").exists()
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu", "threads")}  # noqa: E731
                           for r in rows]
-    for other in ("two", "switched"):
-        for (n, x), y in zip(runs["one"].model().state_dict().items(), runs[other].model().state_dict().values()):
-            assert torch.equal(x, y), (other, n)
-        assert strip(runs[other].metrics) == strip(runs["one"].metrics)
+    same = all(torch.equal(x, y) and strip(runs[o].metrics) == strip(runs["one"].metrics)
+               for o in ("two", "switched")
+               for x, y in zip(runs["one"].model().state_dict().values(), runs[o].model().state_dict().values()))
+    assert thread_invariant(grokking_preset("paper"), 2) == same
+    assert torch.get_num_threads() == saved
+
+
+def test_the_thread_count_check_fails_where_the_step_depends_on_the_count(monkeypatch):
+    """Negative control of `thread_invariant`: a step whose loss depends on the thread count is caught."""
+    from circuitlab.experiments.grokking import grokking_preset
+    from circuitlab.experiments.grokking.run import thread_invariant
+
+    tiny = grokking_preset("tiny", p=13, d_model=16, d_mlp=32, n_heads=2, d_head=8)
+    assert thread_invariant(tiny, 2)
+    real = ModularAdditionTask.loss
+    monkeypatch.setattr(ModularAdditionTask, "loss",
+                        lambda self, model, batch: real(self, model, batch) * (1 + 1e-3 * torch.get_num_threads()))
+    assert not thread_invariant(tiny, 2)
 
 
 def test_grokking_in_its_own_process_fails_in_one_line(tmp_path):

@@ -30,6 +30,7 @@ from circuitlab.experiments.background import BackgroundGrokking
 from circuitlab.experiments.claims import Claim
 from circuitlab.experiments.framework.report import framework_sections
 from circuitlab.experiments.grokking.report import grokking_sections
+from circuitlab.experiments.grokking.run import thread_invariant
 from circuitlab.experiments.induction.presets import shared_model_settings
 from circuitlab.experiments.induction.report import induction_sections
 from circuitlab.experiments.ioi.report import ioi_sections
@@ -110,6 +111,11 @@ def reproduce(preset: str, out: Path | str, progress: bool = True, log=print, co
     if overlap is None:
         overlap = seeds == 1 and threads >= 2 and THREADS_ENV not in os.environ
     background = None
+    if overlap and finished(grokking.GrokkingResults, grok_dir / "results.json", grok_p.name, None) is None:
+        if not thread_invariant(grok_p, threads):
+            overlap = False
+            log(f"grokking (Nanda et al. 2023) runs after circuits, not beside them: on this machine its step rounds "
+                f"differently on 1 and {threads} threads, so switching the count mid-run would change its results")
     if overlap and finished(grokking.GrokkingResults, grok_dir / "results.json", grok_p.name, None) is None:
         background = BackgroundGrokking(grok_p, grok_dir, threads=1)
         background.wait_started()

@@ -38,3 +38,41 @@ def spec_of(preset: ExperimentPreset, out: Path, threads_file: Path) -> dict:
     in the calling process travels too), OUT and the threads file."""
     return {"name": preset.name, "differs": list(preset.differs), "changes": preset.settings["grokking_model"],
             "out": str(out), "threads_file": str(threads_file)}
+
+
+def thread_invariant(preset: ExperimentPreset, threads: int, epochs: int = 3) -> bool:
+    """Whether this machine's kernels give the grokking step the same result, to the bit, on 1 thread and on
+    `threads`: a few full-batch epochs of the preset's model from one initialisation, then an evaluation of the
+    training and test sets, once per count (about a second). `reproduce` switches the grokking run's thread count
+    mid-run only where this holds; on machines whose kernels round differently per thread count (session 8's did)
+    the switch would make the results depend on when it happened."""
+    import copy
+
+    import torch
+
+    from circuitlab.model import Transformer
+    from circuitlab.training.loop import make_optimizer
+
+    model = preset.models["grokking"]
+    m, t = model.configs()
+    task = ModularAdditionTask(**model.task)
+    task.prepare(m, t, torch.device("cpu"))
+    first = Transformer(m)
+    saved, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    ends = []
+    try:
+        torch.use_deterministic_algorithms(True, warn_only=True)  # as the training loop runs it
+        for n in (1, threads):
+            torch.set_num_threads(n)
+            net = copy.deepcopy(first)
+            opt = make_optimizer(net, t)
+            for step in range(epochs):
+                task.loss(net, task.batch(step)).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            ends.append((torch.cat([p.detach().flatten() for p in net.parameters()]), task.evaluate(net, epochs)))
+    finally:
+        torch.set_num_threads(saved)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    return torch.equal(ends[0][0], ends[1][0]) and ends[0][1] == ends[1][1]
