@@ -3,7 +3,8 @@
 The baseline follows the authors' progress-measures-paper code: the full model (einsum attention with an explicit
 causal pattern, ReLU MLP, unembedding) runs on all three positions of every training example, then the loss takes
 the last position. Both use the same weights, the same full batch (3830 pairs for p = 113) and the same AdamW, and
-are timed in alternating rounds in one process. Writes JSON to benchmarks/results/.
+are timed in alternating rounds in one process, with circuitlab's step also on one thread (`thread_scaling`).
+Writes JSON to benchmarks/results/.
 
     .venv/bin/python benchmarks/grokking_step.py [--rounds 5] [--steps 20]
 """
@@ -80,7 +81,9 @@ def main() -> None:
     x, y = data.tokens[data.train], data.labels[data.train]
     ours = Transformer(mcfg)
     paper = PaperModel(ours)
-    opt_ours = make_optimizer(ours, cfg)
+    one = Transformer(mcfg)  # the same step on one thread (`reproduce` runs it so beside the induction models)
+    one.load_state_dict(ours.state_dict())
+    opt_ours, opt_one = make_optimizer(ours, cfg), make_optimizer(one, cfg)
     opt_paper = torch.optim.AdamW(paper.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
     with torch.no_grad():
         assert torch.allclose(last_position_logits(ours, x), paper(x)[:, -1], atol=1e-4)
@@ -91,8 +94,18 @@ def main() -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    threads = torch.get_num_threads()
+
+    def on_one_thread():
+        torch.set_num_threads(1)
+        try:
+            step(one, opt_one, lambda t: last_position_logits(one, t))
+        finally:
+            torch.set_num_threads(threads)
+
     contenders = {"circuitlab_last_position": lambda: step(ours, opt_ours, lambda t: last_position_logits(ours, t)),
-                  "paper_all_positions": lambda: step(paper, opt_paper, lambda t: paper(t)[:, -1])}
+                  "paper_all_positions": lambda: step(paper, opt_paper, lambda t: paper(t)[:, -1]),
+                  "circuitlab_last_position_1_thread": on_one_thread}
     times = {k: [] for k in contenders}
     for fn in contenders.values():
         for _ in range(3):
@@ -111,10 +124,13 @@ def main() -> None:
     result = {"epochs_per_s": eps, "speedup": ratio, "rounds": times, "batch": len(x), "p": p,
               "train_flops_per_epoch": flops, "peak_matmul_flops": peak, "epochs_per_s_at_peak": floor,
               "fraction_of_peak": eps["circuitlab_last_position"] / floor,
-              "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+              "thread_scaling": {"1": eps["circuitlab_last_position_1_thread"], str(threads): eps["circuitlab_last_position"]},
+              "machine": platform.processor() or platform.machine(), "threads": threads}
     for k, v in eps.items():
         print(f"{k:26s} {v:7.1f} epochs/s  ({1e3 / v:.1f} ms/epoch)")
     print(f"speedup {ratio:.2f}x (median of {args.rounds} alternating rounds of {args.steps} full-batch steps)")
+    print(f"threads: {eps['circuitlab_last_position_1_thread']:.1f} epochs/s on 1, {eps['circuitlab_last_position']:.1f} "
+          f"on {threads} ({eps['circuitlab_last_position'] / eps['circuitlab_last_position_1_thread']:.2f}x)")
     print(f"FLOP floor: {flops / 1e9:.2f} GFLOP/epoch; at the measured matmul peak ({peak / 1e9:.0f} GFLOP/s) "
           f"{floor:.1f} epochs/s; circuitlab runs at {result['fraction_of_peak']:.0%} of it")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
