@@ -110,13 +110,13 @@ def reproduce(preset: str, out: Path | str, progress: bool = True, log=print, co
     threads = torch.get_num_threads()
     if overlap is None:
         overlap = seeds == 1 and threads >= 2 and THREADS_ENV not in os.environ
+    overlap = overlap and finished(grokking.GrokkingResults, grok_dir / "results.json", grok_p.name, None) is None
+    if overlap and not thread_invariant(grok_p, threads):
+        overlap = False
+        log(f"grokking (Nanda et al. 2023) runs after circuits, not beside them: on this machine its step rounds "
+            f"differently on 1 and {threads} threads, so switching the count mid-run would change its results")
     background = None
-    if overlap and finished(grokking.GrokkingResults, grok_dir / "results.json", grok_p.name, None) is None:
-        if not thread_invariant(grok_p, threads):
-            overlap = False
-            log(f"grokking (Nanda et al. 2023) runs after circuits, not beside them: on this machine its step rounds "
-                f"differently on 1 and {threads} threads, so switching the count mid-run would change its results")
-    if overlap and finished(grokking.GrokkingResults, grok_dir / "results.json", grok_p.name, None) is None:
+    if overlap:
         background = BackgroundGrokking(grok_p, grok_dir, threads=1)
         background.wait_started()
         torch.set_num_threads(max(1, threads - 1))  # the other cores for this process's own work
