@@ -123,9 +123,12 @@ def reproduce(preset: str, out: Path | str, progress: bool = True, log=print, co
         log(f"grokking (Nanda et al. 2023) starts in its own process, on one thread beside the next stages "
             f"(its output: {background.log_path})")
     try:
+        # beside the grokking process: one worker fewer, so no core runs two processes (measured: three on two
+        # cores slowed the grokking run to 70% of its share, the language models to 86%)
+        workers = None if background is None else max(1, threads - 1)
         experiment("induction heads (Olsson et al. 2022)", induction.InductionResults, ind_p, ind_dir,
-                   lambda p, d, k: induction.run_induction_experiment(p, d, progress=progress, corpus=corpus),
-                   corpus_id)
+                   lambda p, d, k: induction.run_induction_experiment(p, d, workers=workers, progress=progress,
+                                                                      corpus=corpus, in_process=False), corpus_id)
         experiment("circuits (Elhage et al. 2021)", framework.FrameworkResults, fw_p, out / "circuits", circuits,
                    corpus_id)
         torch.set_num_threads(threads)

@@ -136,10 +136,12 @@ def training_rules(preset: ExperimentPreset, out: Path) -> dict[str, dict]:
 
 
 def train_all(preset: ExperimentPreset, out: Path, workers: int | None = None, progress: bool = True,
-              corpus: dict | None = None, device: str = "cpu") -> tuple[dict[str, float], str]:
+              corpus: dict | None = None, device: str = "cpu",
+              in_process: bool | None = None) -> tuple[dict[str, float], str]:
     """Train and measure every model of the preset under out/runs/NAME, on the default corpus or
     `load_corpus(**corpus)`, on `device` (see `device_plan`: with 'cuda', one model per GPU at a time). Returns
-    ({name: seconds from the start until it was done}, the corpus's id)."""
+    ({name: seconds from the start until it was done}, the corpus's id). in_process (default: with one worker): in
+    this process, one model after another, without the progress display; otherwise in worker processes."""
     import numpy as np
     from safetensors.torch import save_file
 
@@ -175,7 +177,7 @@ def train_all(preset: ExperimentPreset, out: Path, workers: int | None = None, p
     cfgs = {n: (m, replace(t, device=on[n])) for n, (m, t) in cfgs.items()}
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
-    if workers == 1:  # in this process: no spawn, so a script needs no __main__ guard
+    if in_process if in_process is not None else workers == 1:  # no spawn, so a script needs no __main__ guard
         for n in order:
             _train_and_measure(n, cfgs[n][0].to_dict(), cfgs[n][1].to_dict(), str(out / "runs" / n), str(probe_path),
                                threads, corpus, rules[n], set_threads=False)
@@ -230,15 +232,16 @@ def _show_progress(futures: dict, dirs: dict[str, Path], totals: dict[str, int],
 
 
 def run_induction_experiment(preset: str | ExperimentPreset, out: Path | str, workers: int | None = None,
-                             progress: bool = True, corpus: dict | None = None, device: str = "cpu") -> InductionResults:
-    """Train, measure and analyse; writes out/results.json and returns the results."""
+                             progress: bool = True, corpus: dict | None = None, device: str = "cpu",
+                             in_process: bool | None = None) -> InductionResults:
+    """Train, measure and analyse; writes out/results.json and returns the results (`train_all` for the rest)."""
     from circuitlab.experiments.induction.analysis import analyze_induction
     from circuitlab.induction.measure import read_measurements
 
     p = choose(PRESETS, preset, "induction preset") if isinstance(preset, str) else preset
     out = Path(out)
     t0 = time.perf_counter()
-    train_seconds, corpus_id = train_all(p, out, workers, progress, corpus, device)
+    train_seconds, corpus_id = train_all(p, out, workers, progress, corpus, device, in_process)
     t1 = time.perf_counter()
     result = analyze_induction(p, out)
     result.corpus = corpus_id
