@@ -3,7 +3,8 @@
 The baseline follows the authors' progress-measures-paper code: the full model (einsum attention with an explicit
 causal pattern, ReLU MLP, unembedding) runs on all three positions of every training example, then the loss takes
 the last position. Both use the same weights, the same full batch (3830 pairs for p = 113) and the same AdamW, and
-are timed in alternating rounds in one process, with circuitlab's step also on one thread (`thread_scaling`).
+are timed in alternating rounds in one process, with circuitlab's step also on one thread (`thread_scaling`) and
+as it was before session 11 (`gathered_qk_logits`).
 Writes JSON to benchmarks/results/.
 
     .venv/bin/python benchmarks/grokking_step.py [--rounds 5] [--steps 20]
@@ -40,6 +41,29 @@ def last_position_train_flops(cfg, batch: int) -> float:
     per_example = 2 * batch * (hd * d + 2 * d * cfg.d_mlp + d * V)
     tables = 2 * V * d * hd * (2 * T + 1) + 2 * V * T * V * hd
     return 3 * (per_example + tables)
+
+
+def gathered_qk_logits(model: Transformer, tokens):
+    """The last-position step as it was before session 11, for the comparison: q and k gathered per example from
+    per-(position, token) tables and multiplied elementwise, where `last_position_logits` now gathers the scores
+    from a score table. Same result to float rounding (checked in main)."""
+    import math
+
+    cfg, a = model.cfg, model.blocks[0].attn
+    B, T = tokens.shape
+    H, E, V = cfg.n_heads, cfg.d_head, cfg.d_vocab
+    resid_in = model.W_E[None] + model.W_pos[:T, None]
+    rows = tokens + V * torch.arange(T)
+    q = F.embedding(tokens[:, -1], torch.einsum("vd,hde->vhe", resid_in[T - 1], a.W_Q).reshape(V, H * E))
+    k = F.embedding(rows, torch.einsum("tvd,hde->tvhe", resid_in, a.W_K).reshape(T * V, H * E))
+    v = F.embedding(rows, torch.einsum("tvd,hde->tvhe", resid_in, a.W_V).reshape(T * V, H * E))
+    q, k, v = q.view(B, H, E), k.view(B, T, H, E), v.view(B, T, H, E)
+    pattern = ((q[:, None] * k).sum(-1) / math.sqrt(E)).softmax(1)
+    z = (pattern[..., None] * v).sum(1)
+    resid = F.embedding(tokens[:, -1], resid_in[T - 1]) + z.reshape(B, H * E) @ a.W_O.reshape(H * E, cfg.d_model)
+    mlp = model.blocks[0].mlp
+    resid = resid + F.relu(resid @ mlp.W_in + mlp.b_in) @ mlp.W_out + mlp.b_out
+    return resid @ model.W_U
 
 
 class PaperModel(nn.Module):
@@ -83,10 +107,13 @@ def main() -> None:
     paper = PaperModel(ours)
     one = Transformer(mcfg)  # the same step on one thread (`reproduce` runs it so beside the induction models)
     one.load_state_dict(ours.state_dict())
-    opt_ours, opt_one = make_optimizer(ours, cfg), make_optimizer(one, cfg)
+    before = Transformer(mcfg)
+    before.load_state_dict(ours.state_dict())
+    opt_ours, opt_one, opt_before = make_optimizer(ours, cfg), make_optimizer(one, cfg), make_optimizer(before, cfg)
     opt_paper = torch.optim.AdamW(paper.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
     with torch.no_grad():
         assert torch.allclose(last_position_logits(ours, x), paper(x)[:, -1], atol=1e-4)
+        assert torch.allclose(last_position_logits(ours, x), gathered_qk_logits(ours, x), atol=1e-4)
 
     def step(model, opt, logits_fn):
         loss = F.cross_entropy(logits_fn(x)[:, :p], y)
@@ -105,7 +132,9 @@ def main() -> None:
 
     contenders = {"circuitlab_last_position": lambda: step(ours, opt_ours, lambda t: last_position_logits(ours, t)),
                   "paper_all_positions": lambda: step(paper, opt_paper, lambda t: paper(t)[:, -1]),
-                  "circuitlab_last_position_1_thread": on_one_thread}
+                  "circuitlab_last_position_1_thread": on_one_thread,
+                  "gathered_qk_before_session_11": lambda: step(before, opt_before,
+                                                                lambda t: gathered_qk_logits(before, t))}
     times = {k: [] for k in contenders}
     for fn in contenders.values():
         for _ in range(3):
@@ -124,11 +153,14 @@ def main() -> None:
     result = {"epochs_per_s": eps, "speedup": ratio, "rounds": times, "batch": len(x), "p": p,
               "train_flops_per_epoch": flops, "peak_matmul_flops": peak, "epochs_per_s_at_peak": floor,
               "fraction_of_peak": eps["circuitlab_last_position"] / floor,
+              "vs_gathered_qk": eps["circuitlab_last_position"] / eps["gathered_qk_before_session_11"],
               "thread_scaling": {"1": eps["circuitlab_last_position_1_thread"], str(threads): eps["circuitlab_last_position"]},
               "machine": platform.processor() or platform.machine(), "threads": threads}
     for k, v in eps.items():
-        print(f"{k:26s} {v:7.1f} epochs/s  ({1e3 / v:.1f} ms/epoch)")
+        print(f"{k:34s} {v:7.1f} epochs/s  ({1e3 / v:.1f} ms/epoch)")
     print(f"speedup {ratio:.2f}x (median of {args.rounds} alternating rounds of {args.steps} full-batch steps)")
+    print(f"score table vs gathered q and k (before): "
+          f"{eps['circuitlab_last_position'] / eps['gathered_qk_before_session_11']:.2f}x")
     print(f"threads: {eps['circuitlab_last_position_1_thread']:.1f} epochs/s on 1, {eps['circuitlab_last_position']:.1f} "
           f"on {threads} ({eps['circuitlab_last_position'] / eps['circuitlab_last_position_1_thread']:.2f}x)")
     print(f"FLOP floor: {flops / 1e9:.2f} GFLOP/epoch; at the measured matmul peak ({peak / 1e9:.0f} GFLOP/s) "
