@@ -123,8 +123,9 @@ def reproduce(preset: str, out: Path | str, progress: bool = True, log=print, co
         log(f"grokking (Nanda et al. 2023) starts in its own process, on one thread beside the next stages "
             f"(its output: {background.log_path})")
     try:
-        # beside the grokking process: one worker fewer, so no core runs two processes (measured: three on two
-        # cores slowed the grokking run to 70% of its share, the language models to 86%)
+        # beside the grokking process: one worker fewer, so no core runs two processes (measured, session 11: with
+        # two workers beside it on two cores the grokking run made 5.3 epochs/s, the 2L model took 581 s against
+        # 327 s without it, and the three stages took longer than one after another)
         workers = None if background is None else max(1, threads - 1)
         experiment("induction heads (Olsson et al. 2022)", induction.InductionResults, ind_p, ind_dir,
                    lambda p, d, k: induction.run_induction_experiment(p, d, workers=workers, progress=progress,
