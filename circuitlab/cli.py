@@ -379,6 +379,7 @@ def reproduce(
     text: Optional[str] = typer.Option(None, help="Your own text for the language models: a file, a folder or a glob."),
     hf_dataset: Optional[str] = typer.Option(None, help="A Hugging Face dataset NAME[:SPLIT] for the language models."),
     seeds: int = typer.Option(1, help="Seeds per experiment: each claim is reported as reproduced in k of N seeds."),
+    overlap: Optional[bool] = typer.Option(None, "--overlap/--no-overlap", help="Train the grokking model in its own process beside the induction and circuits stages (default: on 2+ free cores, one seed, where its step is thread-invariant)."),
 ):
     """Every experiment (circuits, induction heads, grokking), then OUT/report.html. Re-running reuses finished
     stages (on the same corpus) and resumes interrupted training."""
@@ -388,7 +389,7 @@ def reproduce(
     out = out or Path(f"runs/reproduce-{preset}")
     t0 = time.perf_counter()
     summary = run_all(preset, out, log=lambda s: console.print(f"[bold]{s}[/]", highlight=False),
-                      corpus=_given(text=text, hf_dataset=hf_dataset), seeds=seeds)
+                      corpus=_given(text=text, hf_dataset=hf_dataset), seeds=seeds, overlap=overlap)
     t = new_table(f"circuitlab reproduce --preset {preset}" + (f" --seeds {seeds}" if seeds > 1 else ""),
                   ["stage", "status", "seconds", "claims", "reproduced", "not reproduced", "differs",
                    *(["in some seeds"] if seeds > 1 else [])])

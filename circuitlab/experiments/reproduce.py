@@ -62,8 +62,8 @@ def reproduce(preset: str, out: Path | str, progress: bool = True, log=print, co
     """Run every stage; returns {stage: summary} (also OUT/summary.json). corpus: `load_corpus` arguments for the
     language models (default: the embedded stdlib corpus). seeds > 1: every stage for seeds 0..N-1 (seed k > 0 under
     STAGE/seeds/k), each claim reported as reproduced in k of N seeds (STAGE/seeds.json). overlap: train the grokking
-    model beside the induction and circuits stages (default: with one seed, two or more free cores and no
-    CIRCUITLAB_THREADS); its stage's seconds are then counted from the start."""
+    model beside the induction and circuits stages (default: with two or more free cores and no CIRCUITLAB_THREADS;
+    never over several seeds); its stage's seconds are then counted from the start."""
     if seeds < 1:
         raise CircuitlabError(f"--seeds must be at least 1 (got {seeds})")
     p = choose(PRESETS, preset)
@@ -110,7 +110,7 @@ def reproduce(preset: str, out: Path | str, progress: bool = True, log=print, co
     threads = torch.get_num_threads()
     if overlap is None:
         overlap = seeds == 1 and threads >= 2 and THREADS_ENV not in os.environ
-    overlap = overlap and finished(grokking.GrokkingResults, grok_dir / "results.json", grok_p.name, None) is None
+    overlap = overlap and seeds == 1 and finished(grokking.GrokkingResults, grok_dir / "results.json", grok_p.name, None) is None
     if overlap and not thread_invariant(grok_p, threads):
         overlap = False
         log(f"grokking (Nanda et al. 2023) runs after circuits, not beside them: on this machine its step rounds "
