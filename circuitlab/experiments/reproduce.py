@@ -109,8 +109,9 @@ def reproduce(preset: str, out: Path | str, progress: bool = True, log=print, co
     grok_dir = out / "grokking"
     threads = torch.get_num_threads()
     if overlap is None:
-        overlap = seeds == 1 and threads >= 2 and THREADS_ENV not in os.environ
-    overlap = overlap and seeds == 1 and finished(grokking.GrokkingResults, grok_dir / "results.json", grok_p.name, None) is None
+        overlap = threads >= 2 and THREADS_ENV not in os.environ
+    done = finished(grokking.GrokkingResults, grok_dir / "results.json", grok_p.name, None) is not None
+    overlap = overlap and seeds == 1 and not done
     if overlap and not thread_invariant(grok_p, threads):
         overlap = False
         log(f"grokking (Nanda et al. 2023) runs after circuits, not beside them: on this machine its step rounds "
