@@ -111,6 +111,7 @@ def behaviours(out: Path, run: Run, head: Head | None, task_steps: int) -> Behav
     return Behaviours(translation, t_info, pattern_behaviour(model, task), p_info, copying, skipped)
 
 
+@torch.no_grad()
 def attention_viewer(run: Run, windows: torch.Tensor, copy_text: str) -> list[ViewerPrompt]:
     """Prompts for the report's attention viewer: held-out text repeated, and the rare-identifier passage; every
     head's pattern, rounded to 3 decimals."""
