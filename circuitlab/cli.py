@@ -46,7 +46,14 @@ class _OneLineErrors(typer.core.TyperGroup):
         except (KeyboardInterrupt, EOFError):
             err_console.print("interrupted")
             sys.exit(130)
+        if rv == 130 and not _INTERRUPTED_SAID:
+            # typer turns a Ctrl-C that lands in its own code (typer 0.29 imports pydantic while it builds the
+            # command) into a silent exit status 130: say it, as everywhere else
+            err_console.print("interrupted")
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+_INTERRUPTED_SAID = False  # set where a command has said that it was interrupted (`_friendly`)
 
 
 app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -77,7 +84,9 @@ def _friendly(fn):
             err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
+            global _INTERRUPTED_SAID
             err_console.print("interrupted: checkpoints written so far are kept; continue with --resume")
+            _INTERRUPTED_SAID = True
             raise typer.Exit(130) from None
         except OSError as e:  # a file system that refuses: not a folder, no permission, a full disk
             where = f" ({e.filename})" if getattr(e, "filename", None) else ""

@@ -300,6 +300,13 @@ def test_ctrl_c_while_a_command_starts_is_one_line(small_corpus_dir, tmp_path):
         time.sleep(delay)
         p.send_signal(signal.SIGINT)
         _, err = p.communicate(timeout=120)
+        if "Traceback" in err and delay < 0.1:
+            # a signal that lands while the interpreter's runpy is still finding the package, before a line of
+            # circuitlab has run (seen on a slow VM at 0.05 s), is Python's own start-up: nothing of ours can catch
+            # it. Every frame must be runpy's then.
+            frames = [line for line in err.splitlines() if line.strip().startswith("File ")]
+            assert frames and all("<frozen runpy>" in f for f in frames), (delay, err)
+            continue
         assert "Traceback" not in err, (delay, err)
         if p.returncode == 0:  # it finished before the signal came
             continue
