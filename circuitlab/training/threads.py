@@ -90,9 +90,11 @@ def use_free_cores() -> int:
 class ThreadsFromFile:
     """An evaluation callback (`train(callbacks=[...])`) that sets torch's thread count to the number in `path`
     whenever another process rewrites it, so a run that shares the cores with other work can take them all once that
-    work is done (`reproduce` runs the grokking stage so). The grokking step's results do not depend on the thread
-    count (tested: the same weights with the count switched mid-run), so when the switch happens changes nothing.
-    On its first call it writes `path`.started, to say training has begun."""
+    work is done (`reproduce` runs the grokking stage so). When the switch happens changes nothing only where the
+    step's results do not depend on the thread count: that holds for the grokking step on the machines it was tested
+    on (the same weights with the count switched mid-run), but torch's kernels may split work by thread count, so
+    `reproduce` checks it on the machine first (`experiments.grokking.run.thread_invariant`) and uses this callback
+    only where it holds. On its first call it writes `path`.started, to say training has begun."""
 
     def __init__(self, path):
         from pathlib import Path
