@@ -27,6 +27,7 @@ from circuitlab.data.modular import modular_addition
 from circuitlab.experiments.grokking import grokking_model
 from circuitlab.model import Transformer
 from circuitlab.model.last_position import last_position_logits
+from circuitlab.training.allocator import keep_freed_memory
 from circuitlab.training.flops import peak_matmul_flops
 from circuitlab.training.loop import make_optimizer
 
@@ -98,6 +99,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--out", default="benchmarks/results/grokking_step.json")
     args = ap.parse_args()
+    keep_freed_memory()  # as the training loop runs (both contenders share the process)
     preset = grokking_model()
     mcfg, cfg = preset.configs()
     p = preset.task["p"]

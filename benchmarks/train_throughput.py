@@ -27,6 +27,7 @@ from circuitlab.model import ModelConfig, Transformer
 from circuitlab.model.bridge import to_transformer_bridge
 from circuitlab.training import get_preset
 from circuitlab.training.config import TrainConfig
+from circuitlab.training.allocator import keep_freed_memory
 from circuitlab.training.flops import peak_matmul_flops, train_flops_per_token
 from circuitlab.training.loop import make_optimizer
 
@@ -88,6 +89,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default="benchmarks/results/train_throughput.json")
     args = ap.parse_args()
+    keep_freed_memory()  # as the training loop runs (both contenders share the process)
 
     # The preset's sizes with standard positions: the native model cannot express shortformer positions.
     cfg = ModelConfig(**(get_preset(args.preset).model | {"positional_embedding_type": "standard"}))

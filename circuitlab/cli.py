@@ -98,8 +98,11 @@ def _friendly(fn):
 
 
 def _use_free_cores() -> int:
+    """Every command's set-up: torch threads on the free cores, and malloc settings that keep freed memory."""
+    from circuitlab.training.allocator import keep_freed_memory
     from circuitlab.training.threads import use_free_cores
 
+    keep_freed_memory()
     return use_free_cores()
 
 

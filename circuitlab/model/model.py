@@ -77,13 +77,6 @@ class Attention(nn.Module):
 
     # --- circuits, as in TransformerLens ---
     @property
-    def b_O(self) -> Float[Tensor, "n_layers d_model"] | None:
-        """Every layer's attention output bias, stacked (None without attention biases)."""
-        if not self.cfg.attn_bias or not self.blocks:
-            return None
-        return torch.stack([b.attn.b_O for b in self.blocks])
-
-    @property
     def OV(self) -> FactoredMatrix:
         """W_OV = W_V W_O per head: [n_heads, d_model, d_model] (Elhage et al. 2021, 'OV circuit')."""
         return FactoredMatrix(self.W_V, self.W_O)

@@ -29,6 +29,7 @@ from circuitlab.training.checkpoints import (
     checkpoint_path, list_checkpoints, load_checkpoint, load_optimizer, optimizer_step, save_checkpoint, save_optimizer,
 )
 from circuitlab.training import distributed
+from circuitlab.training.allocator import keep_freed_memory
 from circuitlab.training.config import TrainConfig
 from circuitlab.training.flops import peak_matmul_flops
 from circuitlab.training.lock import LOCK_NAME, run_lock
@@ -197,9 +198,11 @@ def train(
     stop_at: int | None = None,
 ) -> Run:
     """Train on `task` (a TokenData is a language-model task) and return the Run. `stop_at` ends early at that step
-    (as an interruption would), leaving a resumable run."""
+    (as an interruption would), leaving a resumable run. On glibc it first raises malloc's thresholds for the process
+    (`allocator.keep_freed_memory`: the step's activations reuse memory instead of faulting in fresh pages)."""
     out = Path(out)
     device = check_device(train_cfg.device)
+    keep_freed_memory()
     task = LanguageModelTask(task) if isinstance(task, TokenData) else task
     task.check(model_cfg, train_cfg)
     ranks = distributed.from_env(device)

@@ -17,8 +17,10 @@ def main(argv: list[str]) -> int:
 
     from circuitlab.errors import CircuitlabError
     from circuitlab.experiments.grokking.presets import grokking_preset
+    from circuitlab.training.allocator import keep_freed_memory
     from circuitlab.training.threads import ThreadsFromFile
 
+    keep_freed_memory()
     spec = json.loads(Path(argv[0]).read_text())
     threads = ThreadsFromFile(spec["threads_file"])
     try:
