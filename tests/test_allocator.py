@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import platform
 import subprocess
 import sys
 
@@ -45,7 +44,7 @@ def _run(env_extra: dict) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+@pytest.mark.skipif(not allocator.glibc(), reason="glibc's malloc only")
 def test_kept_memory_faults_fewer_pages_and_changes_no_result():
     """Six grokking epochs, each a full-batch step and an evaluation of all 12,769 pairs, in a process with the
     settings and in one with glibc's own (CIRCUITLAB_MALLOC=system): the same weights and metrics to the bit, and

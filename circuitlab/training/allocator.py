@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 
 ENV = "CIRCUITLAB_MALLOC"
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
@@ -27,6 +26,14 @@ MMAP = 32 * 2**20  # the largest mmap threshold glibc accepts on 64-bit (HEAP_MA
 TRIM = 512 * 2**20
 _GLIBC_VARS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 _applied: bool | None = None
+
+
+def glibc() -> bool:
+    """Whether this process runs on glibc (the C library it has loaded, not the one the interpreter was built on)."""
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 def keep_freed_memory() -> bool:
@@ -38,7 +45,7 @@ def keep_freed_memory() -> bool:
     _applied = False
     if os.environ.get(ENV, "").strip().lower() == "system" or any(v in os.environ for v in _GLIBC_VARS):
         return False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not glibc():
         return False
     try:
         libc = ctypes.CDLL(None)
