@@ -318,6 +318,48 @@ def test_the_thread_count_check_fails_where_the_step_depends_on_the_count(monkey
     assert not thread_invariant(tiny, 2)
 
 
+def test_the_analysis_runs_on_the_thread_count_the_file_says_once_training_ends(tmp_path, monkeypatch):
+    """The process of its own starts on one thread and is given every core mid-run through its threads file; `train`
+    gives back the count it was called with when it returns, so the analysis reads the file again (`before_analysis`):
+    it runs on 2 threads, and on 1 without the hook. A file caught half written keeps the count and is read again."""
+    import circuitlab.experiments.grokking.run as grok_run
+    from circuitlab.experiments.grokking import grokking_preset
+    from circuitlab.training.threads import ThreadsFromFile
+
+    seen = []
+    real = grok_run.analyze_grokking
+    monkeypatch.setattr(grok_run, "analyze_grokking", lambda *a, **k: (seen.append(torch.get_num_threads()), real(*a, **k))[1])
+    tiny = dict(p=13, epochs=30, checkpoint_every=10, log_every=10, d_model=16, d_mlp=32, n_heads=2, d_head=8)
+    saved = torch.get_num_threads()
+    try:
+        for hook in (True, False):
+            f = tmp_path / f"threads-{hook}"
+            f.write_text("1\n")
+            follow = ThreadsFromFile(f)
+
+            def cb(ctx, f=f, follow=follow):
+                if ctx.step == 10:
+                    f.write_text("2\n")  # the other stages are done
+                return follow(ctx)
+
+            torch.set_num_threads(1)
+            grok_run.run_grokking_experiment(grokking_preset("tiny", **tiny), tmp_path / f"g-{hook}", progress=False,
+                                             callbacks=(cb,), before_analysis=follow.apply if hook else None)
+        assert seen == [2, 1]
+        f = tmp_path / "half"
+        follow = ThreadsFromFile(f)
+        assert not follow.apply()  # no file yet
+        f.write_text("")  # caught half written
+        torch.set_num_threads(1)
+        follow(type("Ctx", (), {"step": 0})())
+        assert torch.get_num_threads() == 1 and follow.seen is None
+        f.write_text("2\n")
+        follow(type("Ctx", (), {"step": 10})())
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)
+
+
 def test_grokking_in_its_own_process_fails_in_one_line(tmp_path):
     """The background grokking stage of `reproduce`: a run that cannot start (here OUT/run is a file) ends its process
     with the error, and waiting for it raises that error as one line, naming the process's output."""

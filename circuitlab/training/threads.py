@@ -101,18 +101,26 @@ class ThreadsFromFile:
 
         self.path, self.seen = Path(path), None
 
-    def __call__(self, ctx) -> None:
+    def apply(self) -> bool:
+        """Set torch's thread count to the number in the file now; False where there is none to read (no file, or
+        one half written), and the count is kept."""
         import torch
 
         try:
-            stamp = self.path.stat().st_mtime_ns
-            if stamp != self.seen:
-                self.seen = stamp
-                n = int(self.path.read_text().strip())
-                if n >= 1 and n != torch.get_num_threads():
-                    torch.set_num_threads(n)
+            n = int(self.path.read_text().strip())
         except (OSError, ValueError):
-            pass  # no file (yet), or one half written: keep the count
+            return False
+        if n >= 1 and n != torch.get_num_threads():
+            torch.set_num_threads(n)
+        return n >= 1
+
+    def __call__(self, ctx) -> None:
+        try:
+            stamp = self.path.stat().st_mtime_ns
+        except OSError:
+            stamp = None
+        if stamp is not None and stamp != self.seen and self.apply():
+            self.seen = stamp  # only once read: a file caught half written is read again at the next evaluation
         started = self.path.with_name(self.path.name + ".started")
         if not started.exists():
             started.write_text(f"{ctx.step}\n")

@@ -13,7 +13,6 @@ from circuitlab.experiments.grokking.run import run_grokking_experiment
 
 def main(argv: list[str]) -> int:
     """Run the experiment from a spec file (`spec_of`); a CircuitlabError is one line on stderr and exit status 2."""
-    import torch
 
     from circuitlab.errors import CircuitlabError
     from circuitlab.experiments.grokking.presets import grokking_preset
@@ -23,13 +22,12 @@ def main(argv: list[str]) -> int:
     keep_freed_memory()
     spec = json.loads(Path(argv[0]).read_text())
     threads = ThreadsFromFile(spec["threads_file"])
-    try:
-        torch.set_num_threads(max(1, int(Path(spec["threads_file"]).read_text().strip())))
-    except (OSError, ValueError):
-        pass
+    threads.apply()
     try:
         preset = grokking_preset(spec["name"], tuple(spec["differs"]), **spec["changes"])
-        run_grokking_experiment(preset, spec["out"], progress=False, callbacks=(threads,))
+        # the analysis on the count the file says by then (all the cores, once the other stages are done), not the
+        # one training began with, which `train` gives back when it returns
+        run_grokking_experiment(preset, spec["out"], progress=False, callbacks=(threads,), before_analysis=threads.apply)
     except CircuitlabError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from collections.abc import Callable
 
 from circuitlab.experiments.grokking.analysis import analyze_grokking
 from circuitlab.experiments.grokking.results import GrokkingResults
@@ -16,8 +17,10 @@ from circuitlab.training.presets import ExperimentPreset
 
 
 def run_grokking_experiment(preset: ExperimentPreset, out: Path | str, progress: bool = True,
-                            callbacks: tuple = ()) -> GrokkingResults:
-    """Train (resuming, or reusing a finished run in OUT/run), analyse, write OUT/results.json."""
+                            callbacks: tuple = (), before_analysis: Callable[[], None] | None = None) -> GrokkingResults:
+    """Train (resuming, or reusing a finished run in OUT/run), analyse, write OUT/results.json. `before_analysis` is
+    called between the two (the process of its own takes its thread count from the threads file again there: `train`
+    gives back the count it was called with)."""
     out = Path(out)
     run_dir = out / "run"
     model = preset.models["grokking"]
@@ -26,6 +29,8 @@ def run_grokking_experiment(preset: ExperimentPreset, out: Path | str, progress:
     run = train(m, t, ModularAdditionTask(**model.task), run_dir, resume=(run_dir / "run.json").exists(),
                 progress=progress, callbacks=list(callbacks))
     train_s = time.perf_counter() - t0
+    if before_analysis is not None:
+        before_analysis()
     t0 = time.perf_counter()
     result = analyze_grokking(run, preset.name, list(preset.differs))
     result.seconds = {"train": train_s, "analysis": time.perf_counter() - t0}
