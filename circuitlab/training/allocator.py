@@ -4,9 +4,9 @@ glibc serves every block above its mmap threshold (128 KiB at start, raised as s
 32 MiB) with a fresh `mmap`, and gives the top of the heap back to the kernel once more than its trim threshold is
 free. A fresh page costs a page fault and the kernel's zeroing of it on first touch. A training step allocates and
 frees the same activations, a few MB each, every step, so with the defaults each step touches fresh pages again:
-the grokking model's evaluation of its 12,769 pairs spent about a third of its time so (session 12: 50.8 against
-34.5 ms on 2 threads, `benchmarks/allocator.py` for the figures), and `make demo` made 34.6 million minor page
-faults (`/usr/bin/time -v make demo`). With every block up to 32 MiB from the heap and up to 512 MiB of freed heap
+the grokking step made ~2,400 page faults and ran 1.40x slower, its evaluation of all 12,769 pairs ~11,900 and
+1.32x slower (`benchmarks/allocator.py`, session 12, 2 threads), and `make demo` made 34.6 million minor page
+faults against 4.75 million (`/usr/bin/time -v make demo`). With every block up to 32 MiB from the heap and up to 512 MiB of freed heap
 kept, the same memory is reused step after step.
 
 Results do not change: torch aligns every CPU buffer to 64 bytes whichever way the memory comes, so the kernels

@@ -13,7 +13,6 @@ from circuitlab.experiments.grokking.run import run_grokking_experiment
 
 def main(argv: list[str]) -> int:
     """Run the experiment from a spec file (`spec_of`); a CircuitlabError is one line on stderr and exit status 2."""
-
     from circuitlab.errors import CircuitlabError
     from circuitlab.experiments.grokking.presets import grokking_preset
     from circuitlab.training.allocator import keep_freed_memory
