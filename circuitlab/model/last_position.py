@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from circuitlab.model.matmul import linear
 from circuitlab.model.model import Transformer
 
 
@@ -36,8 +37,8 @@ def last_position_logits(model: Transformer, tokens: Tensor) -> Tensor:
     pattern = F.embedding(last[:, None] * (T * V) + rows, scores).softmax(1)  # [B, T, H]: the last query sees all T
     v = F.embedding(rows, torch.einsum("tvd,hde->tvhe", resid_in, a.W_V).reshape(T * V, H * E)).view(B, T, H, E)
     z = (pattern[..., None] * v).sum(1)  # [B, H, E]
-    resid = torch.addmm(F.embedding(last, resid_in[T - 1]), z.reshape(B, H * E), a.W_O.reshape(H * E, cfg.d_model))
+    resid = linear(z.reshape(B, H * E), a.W_O.reshape(H * E, cfg.d_model), F.embedding(last, resid_in[T - 1]))
     if not cfg.attn_only:
         mlp = model.blocks[0].mlp
-        resid = resid + torch.addmm(mlp.b_out, F.relu(torch.addmm(mlp.b_in, resid, mlp.W_in)), mlp.W_out)
-    return resid @ model.W_U
+        resid = resid + linear(F.relu(linear(resid, mlp.W_in, mlp.b_in)), mlp.W_out, mlp.b_out)
+    return linear(resid, model.W_U)

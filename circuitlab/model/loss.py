@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from circuitlab.model.matmul import add_mm_, mm, mm_into
+
 
 def lm_cross_entropy(
     logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"], per_token: bool = False
@@ -42,7 +44,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         total = x.new_zeros((), dtype=torch.float32)
         for s in range(0, n, chunk):
             xs, ys = x[s : s + chunk], y[s : s + chunk]
-            z = (xs @ W).float()  # (c, V)
+            z = mm(xs, W).float()  # (c, V)
             z_y = z.gather(1, ys[:, None])
             m = z.amax(-1, keepdim=True)
             z.sub_(m).exp_()
@@ -52,8 +54,8 @@ class LinearCrossEntropy(torch.autograd.Function):
                 z.mul_(sum_exp.reciprocal_().mul_(1.0 / n))  # softmax / n
                 z[torch.arange(len(ys), device=z.device), ys] -= 1.0 / n
                 g = z.to(x.dtype)
-                torch.mm(g, W.T, out=grad_x[s : s + chunk])
-                grad_W.addmm_(xs.T, g)
+                mm_into(grad_x[s : s + chunk], g, W.T)
+                add_mm_(grad_W, xs.T, g)
         ctx.save_for_backward(grad_x, grad_W)
         return total / n
 

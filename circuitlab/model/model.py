@@ -26,6 +26,7 @@ from transformer_lens.hook_points import HookPoint
 
 from circuitlab.model.config import ModelConfig
 from circuitlab.model.loss import fused_lm_cross_entropy, lm_cross_entropy
+from circuitlab.model.matmul import linear
 
 ReturnType = Literal["logits", "loss", "both"]
 
@@ -106,11 +107,11 @@ class Attention(nn.Module):
         H, E = cfg.n_heads, cfg.d_head
         # One matmul for Q, K and V: [d_model, 3 * H * E].
         W_qkv = torch.cat([self.W_Q, self.W_K, self.W_V], dim=0).permute(1, 0, 2).reshape(cfg.d_model, 3 * H * E)
-        qkv = (x @ W_qkv).view(B, T, 3, H, E)  # (B, T, 3, H, E)
+        qkv = linear(x, W_qkv).view(B, T, 3, H, E)  # (B, T, 3, H, E)
         q, k, v = qkv.unbind(2)  # each (B, T, H, E)
         if pos is not None:
             # (x + p) W = x W + p W: the positional part is computed once for the whole batch.
-            pq_pk = (pos[:T] @ W_qkv[:, : 2 * H * E]).view(T, 2, H, E)
+            pq_pk = linear(pos[:T], W_qkv[:, : 2 * H * E]).view(T, 2, H, E)
             q = q + pq_pk[:, 0]
             k = k + pq_pk[:, 1]
         if cfg.attn_bias:
@@ -120,7 +121,7 @@ class Attention(nn.Module):
         z = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
         )  # (B, H, T, E)
-        out = z.transpose(1, 2).reshape(B, T, H * E) @ self.W_O.reshape(H * E, cfg.d_model)
+        out = linear(z.transpose(1, 2).reshape(B, T, H * E), self.W_O.reshape(H * E, cfg.d_model))
         return out + self.b_O if cfg.attn_bias else out
 
     def _hooked(self, x: Tensor, pos: Tensor | None) -> Tensor:

@@ -1,0 +1,145 @@
+"""Matrix products of the fast paths, through oneDNN on CPUs where torch's default BLAS leaves half the machine idle.
+
+torch's x86 CPU wheels multiply float32 matrices with MKL, and MKL takes its AVX2 code on AMD processors even where
+they have AVX-512; oneDNN, which the same wheel carries (torch's compiler uses it for linear layers on the CPU),
+picks its kernels from the CPU's features. Session 13's 2-core AMD EPYC (AVX-512), one thread, float32
+(`benchmarks/matmul.py`):
+
+    x [3830, 128] @ W [128, 512]   MKL  82 GFLOP/s   oneDNN 190 GFLOP/s
+
+`linear(x, W, b)` is x @ W + b (TransformerLens's layout: W is [d_in, d_out]), forward and backward (dL/dx = g W^T,
+dL/dW = x^T g, dL/db = sum_rows g), each product through the backend that `backend()` chose once per process:
+
+- `CIRCUITLAB_MATMUL=onednn` or `torch` chooses; unset (`auto`), oneDNN where it is measured faster: an x86-64 AMD
+  CPU with AVX-512, torch built with MKL and oneDNN. Elsewhere torch's own `addmm` (Intel CPUs, where MKL uses
+  AVX-512; ARM; GPUs: a CUDA tensor always takes torch's path).
+
+Both backends compute the same float32 products up to rounding (the order of the sums differs), so a model trained
+with one and then the other does not follow the same trajectory to the bit; each one's results do not depend on the
+thread count (tested). The hooked path keeps torch's einsums, as TransformerLens does.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+
+import torch
+from torch import Tensor
+
+ENV = "CIRCUITLAB_MATMUL"
+CHOICES = ("auto", "onednn", "torch")
+
+
+def _cpu_flags() -> tuple[str, set[str]]:
+    """(vendor_id, flags) of the first CPU in /proc/cpuinfo; ("", set()) where there is none (not Linux)."""
+    try:
+        text = open("/proc/cpuinfo").read(65536)
+    except OSError:
+        return "", set()
+    vendor, flags = "", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "vendor_id" and not vendor:
+            vendor = value.strip()
+        elif key.strip() == "flags":
+            flags = set(value.split())
+            break
+    return vendor, flags
+
+
+def onednn_available() -> bool:
+    """Whether this torch can run oneDNN's float32 linear on dense CPU tensors."""
+    return (platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+@functools.cache
+def backend() -> str:
+    """'onednn' or 'torch', from CIRCUITLAB_MATMUL (module docstring); read once per process."""
+    from circuitlab.errors import CircuitlabError
+
+    choice = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    if choice not in CHOICES:
+        raise CircuitlabError(f"{ENV}={os.environ[ENV]!r} is not one of {', '.join(CHOICES)}: unset it, or choose one")
+    if choice == "onednn":
+        if not onednn_available():
+            raise CircuitlabError(f"{ENV}=onednn, but this torch has no oneDNN linear for the CPU: unset {ENV}")
+        return "onednn"
+    if choice == "torch" or not onednn_available():
+        return "torch"
+    vendor, flags = _cpu_flags()
+    return "onednn" if vendor == "AuthenticAMD" and "avx512f" in flags and torch.backends.mkl.is_available() else "torch"
+
+
+def _dnn(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """x @ weight.T + bias by oneDNN (weight [d_out, d_in], as torch's linear takes it; views are fine)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def _weight_grad(x: Tensor, g: Tensor) -> Tensor:
+    """x^T g [d_in, d_out] for x [n, d_in], g [n, d_out] by oneDNN, with the narrower side as the product's rows:
+    oneDNN's kernels for a long reduction (n) ran 10-40% faster so (`benchmarks/matmul.py`)."""
+    if x.shape[1] <= g.shape[1]:
+        return _dnn(x.t(), g.t(), None)
+    return _dnn(g.t(), x.t(), None).t()
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """x @ W + b for 2-D x with every product by oneDNN; b a [d_out] bias (fused) or any tensor the product
+    broadcasts with (added after, as addmm's `input`)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, W: Tensor, b: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, W)
+        ctx.b_shape = None if b is None else b.shape
+        if b is None or b.dim() == 1:
+            return _dnn(x, W.t(), b)
+        return _dnn(x, W.t(), None).add_(b)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        x, W = ctx.saved_tensors
+        gx = _dnn(g, W, None) if ctx.needs_input_grad[0] else None  # g W^T
+        gW = _weight_grad(x, g) if ctx.needs_input_grad[1] else None  # x^T g
+        gb = g.sum_to_size(ctx.b_shape) if ctx.needs_input_grad[2] else None
+        return gx, gW, gb
+
+
+def _onednn(x: Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype == torch.float32 and backend() == "onednn"
+
+
+def linear(x: Tensor, W: Tensor, b: Tensor | None = None) -> Tensor:
+    """x @ W + b: x [..., d_in], W [d_in, d_out]; b None, a [d_out] bias, or (2-D x) any tensor addmm takes as its
+    `input`. Differentiable in all three. On torch's backend exactly `torch.addmm(b, x, W)` or `x @ W`."""
+    if not _onednn(x) or W.dtype != x.dtype or (b is not None and b.dtype != x.dtype):
+        if b is None:
+            return x @ W
+        if x.dim() == 2:
+            return torch.addmm(b, x, W)
+        return torch.addmm(b, x.reshape(-1, x.shape[-1]), W).view(*x.shape[:-1], W.shape[1])
+    if x.dim() != 2 and b is not None and b.dim() != 1:
+        raise ValueError("linear: a bias other than [d_out] needs 2-D x")
+    out = _OneDNNLinear.apply(x.reshape(-1, x.shape[-1]), W, b)
+    return out.view(*x.shape[:-1], W.shape[1])
+
+
+def mm(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b for 2-D tensors outside autograd (inside a custom autograd function, say), by the chosen backend."""
+    return _dnn(a, b.t(), None) if _onednn(a) and b.dtype == a.dtype else a @ b
+
+
+def mm_into(out: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """out = a @ b (torch: `torch.mm(a, b, out=out)`), outside autograd."""
+    if _onednn(a) and b.dtype == a.dtype:
+        return out.copy_(_dnn(a, b.t(), None))
+    return torch.mm(a, b, out=out)
+
+
+def add_mm_(acc: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """acc += a @ b in place (torch: `acc.addmm_(a, b)`), outside autograd."""
+    if _onednn(a) and b.dtype == a.dtype:
+        return acc.add_(_dnn(a, b.t(), None))
+    return acc.addmm_(a, b)

@@ -1,0 +1,122 @@
+"""The fast paths' matrix products (`circuitlab.model.matmul`): oneDNN's linear against a float64 reference, the
+same bits on any thread count, and the backend chosen by the rule the module states."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from circuitlab.errors import CircuitlabError
+from circuitlab.model import matmul
+
+needs_onednn = pytest.mark.skipif(not matmul.onednn_available(), reason="this torch has no oneDNN linear for the CPU")
+
+
+@pytest.fixture
+def fresh_backend(monkeypatch):
+    """`backend()` read again under the test's environment, and again after it."""
+    matmul.backend.cache_clear()
+    yield monkeypatch
+    matmul.backend.cache_clear()
+
+
+def _case(n: int, d_in: int, d_out: int, bias: str, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d_in, generator=g)
+    W = torch.randn(d_in, d_out, generator=g) / d_in**0.5
+    b = {"none": None, "vector": torch.randn(d_out, generator=g), "matrix": torch.randn(n, d_out, generator=g)}[bias]
+    grad = torch.randn(n, d_out, generator=g)
+    return x, W, b, grad
+
+
+def _run(fn, x, W, b, grad):
+    leaves = [t.clone().requires_grad_() if t is not None else None for t in (x, W, b)]
+    out = fn(*leaves)
+    out.backward(grad)
+    return [out.detach()] + [t.grad for t in leaves if t is not None]
+
+
+@needs_onednn
+@pytest.mark.parametrize("bias", ["none", "vector", "matrix"])
+@pytest.mark.parametrize("shape", [(383, 128, 512), (383, 512, 128), (64, 64, 64)])
+def test_onednn_linear_matches_float64(shape, bias):
+    """Output and the three gradients against float64 (both orders of the weight gradient: d_in <= d_out and >)."""
+    x, W, b, grad = _case(*shape, bias)
+    ours = _run(matmul._OneDNNLinear.apply, x, W, b, grad)
+    ref = _run(lambda x, W, b: torch.addmm(b, x, W) if b is not None else x @ W,
+               *(t.double() if t is not None else None for t in (x, W, b)), grad.double())
+    assert len(ours) == len(ref)
+    for a, r in zip(ours, ref):
+        assert a.dtype == torch.float32 and a.shape == r.shape
+        torch.testing.assert_close(a.double(), r, rtol=1e-5, atol=1e-4 * r.abs().max().item())
+
+
+@needs_onednn
+def test_onednn_linear_same_bits_on_one_and_two_threads():
+    """`reproduce` switches the grokking run from 1 thread to all mid-run: oneDNN's products must not depend on it."""
+    x, W, b, grad = _case(3830, 128, 512, "vector")
+    saved = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(_run(matmul._OneDNNLinear.apply, x, W, b, grad))
+    finally:
+        torch.set_num_threads(saved)
+    for a, c in zip(*results):
+        assert torch.equal(a, c)
+
+
+def test_torch_backend_is_addmm_to_the_bit(fresh_backend):
+    """CIRCUITLAB_MATMUL=torch: `linear` is exactly torch's own product, so nothing changes where oneDNN is off."""
+    fresh_backend.setenv(matmul.ENV, "torch")
+    assert matmul.backend() == "torch"
+    x, W, b, grad = _case(200, 64, 96, "vector")
+    assert torch.equal(matmul.linear(x, W, b), torch.addmm(b, x, W))
+    assert torch.equal(matmul.linear(x, W), x @ W)
+    x3 = x.view(8, 25, 64)
+    assert torch.equal(matmul.linear(x3, W), x3 @ W)
+    acc = torch.zeros(64, 96)
+    assert torch.equal(matmul.add_mm_(acc.clone(), x.T, grad), acc.addmm_(x.T, grad))
+
+
+def test_backend_rule(fresh_backend):
+    """Unset: oneDNN on an AMD CPU with AVX-512 (where it is available), torch on Intel or without AVX-512."""
+    fresh_backend.delenv(matmul.ENV, raising=False)
+    cases = {("AuthenticAMD", "avx2 avx512f"): "onednn" if matmul.onednn_available() else "torch",
+             ("AuthenticAMD", "avx2"): "torch", ("GenuineIntel", "avx2 avx512f"): "torch", ("", ""): "torch"}
+    for (vendor, flags), expected in cases.items():
+        fresh_backend.setattr(matmul, "_cpu_flags", lambda v=vendor, f=flags: (v, set(f.split())))
+        matmul.backend.cache_clear()
+        assert matmul.backend() == expected, (vendor, flags)
+
+
+def test_backend_rejects_an_unknown_choice(fresh_backend):
+    fresh_backend.setenv(matmul.ENV, "blas")
+    with pytest.raises(CircuitlabError, match="CIRCUITLAB_MATMUL='blas' is not one of"):
+        matmul.backend()
+
+
+@needs_onednn
+def test_forced_onednn_is_used_for_float32_cpu_only(fresh_backend):
+    fresh_backend.setenv(matmul.ENV, "onednn")
+    calls = []
+    real = matmul._dnn
+    fresh_backend.setattr(matmul, "_dnn", lambda *a: calls.append(1) or real(*a))
+    x, W, b, _ = _case(50, 32, 16, "vector")
+    matmul.linear(x, W, b)
+    assert calls, "float32 CPU input should take oneDNN"
+    calls.clear()
+    matmul.linear(x.double(), W.double(), b.double())
+    assert not calls, "float64 takes torch's path"
+
+
+def test_cpu_flags_reads_this_machine():
+    vendor, flags = matmul._cpu_flags()
+    info = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    if "vendor_id" in info and "flags" in info:
+        assert vendor and vendor in info and flags and all(f in info for f in list(flags)[:5])
+    else:
+        assert (vendor, flags) == ("", set())
