@@ -4,7 +4,8 @@ The baseline follows the authors' progress-measures-paper code: the full model (
 causal pattern, ReLU MLP, unembedding) runs on all three positions of every training example, then the loss takes
 the last position. Both use the same weights, the same full batch (3830 pairs for p = 113) and the same AdamW, and
 are timed in alternating rounds in one process, with circuitlab's step also on one thread (`thread_scaling`) and
-as it was before session 11 (`gathered_qk_logits`).
+as it was before session 11 (`gathered_qk_logits`), and with torch's own matrix products instead of the backend
+`circuitlab.model.matmul` chose (`CIRCUITLAB_MATMUL=torch`: MKL in the x86 wheels; oneDNN where it is chosen).
 Writes JSON to benchmarks/results/.
 
     .venv/bin/python benchmarks/grokking_step.py [--rounds 5] [--steps 20]
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 
 from circuitlab.data.modular import modular_addition
 from circuitlab.experiments.grokking import grokking_model
-from circuitlab.model import Transformer
+from circuitlab.model import Transformer, matmul
 from circuitlab.model.last_position import last_position_logits
 from circuitlab.training.allocator import keep_freed_memory
 from circuitlab.training.flops import peak_matmul_flops
@@ -111,7 +112,10 @@ def main() -> None:
     one.load_state_dict(ours.state_dict())
     before = Transformer(mcfg)
     before.load_state_dict(ours.state_dict())
+    plain = Transformer(mcfg)  # with torch's own matmul
+    plain.load_state_dict(ours.state_dict())
     opt_ours, opt_one, opt_before = make_optimizer(ours, cfg), make_optimizer(one, cfg), make_optimizer(before, cfg)
+    opt_plain = make_optimizer(plain, cfg)
     opt_paper = torch.optim.AdamW(paper.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2))
     with torch.no_grad():
         assert torch.allclose(last_position_logits(ours, x), paper(x)[:, -1], atol=1e-4)
@@ -132,7 +136,12 @@ def main() -> None:
         finally:
             torch.set_num_threads(threads)
 
+    def torch_matmul():
+        with matmul.forced("torch"):
+            step(plain, opt_plain, lambda t: last_position_logits(plain, t))
+
     contenders = {"circuitlab_last_position": lambda: step(ours, opt_ours, lambda t: last_position_logits(ours, t)),
+                  "circuitlab_last_position_torch_matmul": torch_matmul,
                   "paper_all_positions": lambda: step(paper, opt_paper, lambda t: paper(t)[:, -1]),
                   "circuitlab_last_position_1_thread": on_one_thread,
                   "gathered_qk_before_session_11": lambda: step(before, opt_before,
@@ -154,10 +163,14 @@ def main() -> None:
     ratio = eps["circuitlab_last_position"] / eps["paper_all_positions"]
     peak_after = peak_matmul_flops.__wrapped__("cpu", n=1024, seconds=1.0)
     peak = max(peak_before, peak_after)
+    with matmul.forced("torch"):
+        peak_torch = peak_matmul_flops.__wrapped__("cpu", n=1024, seconds=1.0)
     flops = last_position_train_flops(mcfg, len(x))
     floor = peak / flops  # epochs/s if every FLOP ran at the matmul peak
     result = {"epochs_per_s": eps, "speedup": ratio, "rounds": times, "batch": len(x), "p": p,
               "train_flops_per_epoch": flops, "peak_matmul_flops": peak, "peak_readings": [peak_before, peak_after], "epochs_per_s_at_peak": floor,
+              "matmul_backend": matmul.backend(), "peak_matmul_flops_torch": peak_torch,
+              "vs_torch_matmul": eps["circuitlab_last_position"] / eps["circuitlab_last_position_torch_matmul"],
               "fraction_of_peak": eps["circuitlab_last_position"] / floor,
               "vs_gathered_qk": eps["circuitlab_last_position"] / eps["gathered_qk_before_session_11"],
               "thread_scaling": {"1": eps["circuitlab_last_position_1_thread"], str(threads): eps["circuitlab_last_position"]},
@@ -169,8 +182,10 @@ def main() -> None:
           f"{eps['circuitlab_last_position'] / eps['gathered_qk_before_session_11']:.2f}x")
     print(f"threads: {eps['circuitlab_last_position_1_thread']:.1f} epochs/s on 1, {eps['circuitlab_last_position']:.1f} "
           f"on {threads} ({eps['circuitlab_last_position'] / eps['circuitlab_last_position_1_thread']:.2f}x)")
-    print(f"FLOP floor: {flops / 1e9:.2f} GFLOP/epoch; at the measured matmul peak ({peak / 1e9:.0f} GFLOP/s) "
-          f"{floor:.1f} epochs/s; circuitlab runs at {result['fraction_of_peak']:.0%} of it")
+    print(f"matmul backend {matmul.backend()} vs torch's own: "
+          f"{eps['circuitlab_last_position'] / eps['circuitlab_last_position_torch_matmul']:.2f}x")
+    print(f"FLOP floor: {flops / 1e9:.2f} GFLOP/epoch; at the measured matmul peak ({peak / 1e9:.0f} GFLOP/s; torch's "
+          f"own a @ b {peak_torch / 1e9:.0f}) {floor:.1f} epochs/s; circuitlab runs at {result['fraction_of_peak']:.0%} of it")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")

@@ -1,5 +1,8 @@
 """Training throughput: circuitlab's fused fast path vs the same model as TransformerLens's native model.
 
+A third contender is circuitlab's fast path with torch's own matrix products (`CIRCUITLAB_MATMUL=torch`), so the
+part of the ratio that is oneDNN (`circuitlab.model.matmul`, on CPUs where it is chosen) shows on its own.
+
 Both models hold the same weights (converted with circuitlab.model.bridge), train on the same stream of fresh corpus
 batches (one per step, never repeated) with the same
 AdamW settings and gradient clipping, and are timed in alternating rounds in one process, so machine noise hits both.
@@ -24,6 +27,7 @@ import torch.nn.functional as F
 from circuitlab.data import load_corpus, prepare_tokens
 from circuitlab.data.windows import sample_windows
 from circuitlab.model import ModelConfig, Transformer
+from circuitlab.model import matmul
 from circuitlab.model.bridge import to_transformer_bridge
 from circuitlab.training import get_preset
 from circuitlab.training.config import TrainConfig
@@ -94,17 +98,26 @@ def main() -> None:
     # The preset's sizes with standard positions: the native model cannot express shortformer positions.
     cfg = ModelConfig(**(get_preset(args.preset).model | {"positional_embedding_type": "standard"}))
     ours = Transformer(cfg).to(args.device)
+    ours_torch = Transformer(cfg).to(args.device)
+    ours_torch.load_state_dict(ours.state_dict())
     native = to_transformer_bridge(ours)
     data = prepare_tokens(load_corpus("stdlib"), cfg.d_vocab)
     streams = {name: Stream(data.train, args.batch_size, cfg.n_ctx, args.device)
-               for name in ("circuitlab_fast_path", "transformer_lens_native")}
+               for name in ("circuitlab_fast_path", "circuitlab_fast_path_torch_matmul", "transformer_lens_native")}
     first = Stream(data.train, args.batch_size, cfg.n_ctx, args.device).next()
     with torch.no_grad():
         assert torch.allclose(ours(first), native(first), atol=1e-4), "the two models must compute the same function"
 
+    torch_step = step_fn(ours_torch, lambda t: ours_torch(t, return_type="loss"), make_optimizer(ours_torch, TrainConfig(lr=1e-3)))
+
+    def with_torch_matmul(tokens):
+        with matmul.forced("torch"):
+            return torch_step(tokens)
+
     steps = {
         # ours: the trainer's own optimizer (fused AdamW); TL's: a plain AdamW with the same settings
         "circuitlab_fast_path": step_fn(ours, lambda t: ours(t, return_type="loss"), make_optimizer(ours, TrainConfig(lr=1e-3))),
+        "circuitlab_fast_path_torch_matmul": with_torch_matmul,
         "transformer_lens_native": step_fn(native, bridge_loss(native), torch.optim.AdamW(
             native.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.01)),
     }
@@ -117,6 +130,8 @@ def main() -> None:
         for name, step in steps.items():
             rates[name].append(time_round(step, streams[name], args.seconds))
     peak_after = peak_matmul_flops.__wrapped__(args.device, n=1024, seconds=1.0)
+    with matmul.forced("torch"):
+        peak_torch = peak_matmul_flops.__wrapped__(args.device, n=1024, seconds=1.0)
 
     fpt = train_flops_per_token(cfg)
     result = {
@@ -126,6 +141,8 @@ def main() -> None:
         "tokens_per_step": args.batch_size * cfg.n_ctx,
         "train_flops_per_token": fpt,
         "peak_matmul_flops": max(peak, peak_after),
+        "peak_matmul_flops_torch": peak_torch,
+        "matmul_backend": matmul.backend(),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads(),
                     "torch": torch.__version__, "device": args.device},
         "rounds": args.rounds, "seconds_per_round": args.seconds,
@@ -134,17 +151,21 @@ def main() -> None:
     }
     for name, r in rates.items():
         med = statistics.median(r)
-        result[name] = {"tokens_per_s_median": med, "tokens_per_s_rounds": r, "mfu": med * fpt / result["peak_matmul_flops"]}
-    result["speedup"] = result["circuitlab_fast_path"]["tokens_per_s_median"] / result["transformer_lens_native"]["tokens_per_s_median"]
+        result[name] = {"tokens_per_s_median": med, "tokens_per_s_rounds": r, "mfu": med * fpt / result["peak_matmul_flops"],
+                        "mfu_of_torch_peak": med * fpt / peak_torch}
+    tl = result["transformer_lens_native"]["tokens_per_s_median"]
+    result["speedup"] = result["circuitlab_fast_path"]["tokens_per_s_median"] / tl
+    result["speedup_torch_matmul"] = result["circuitlab_fast_path_torch_matmul"]["tokens_per_s_median"] / tl
 
     print(f"model: {cfg.n_layers}L d_model {cfg.d_model} {cfg.n_heads}x{cfg.d_head} n_ctx {cfg.n_ctx} vocab {cfg.d_vocab}, "
           f"batch {args.batch_size}; {torch.get_num_threads()} threads on {args.device}")
-    print(f"matmul peak (1024^3 fp32, measured): {result['peak_matmul_flops'] / 1e9:.1f} GFLOP/s")
+    print(f"matmul peak (1024^3 fp32, measured): {result['peak_matmul_flops'] / 1e9:.1f} GFLOP/s "
+          f"({result['matmul_backend']}; torch's own a @ b: {peak_torch / 1e9:.1f})")
     for name in steps:
         r = result[name]
-        print(f"{name:>26}: {r['tokens_per_s_median']:>9,.0f} tokens/s  MFU {r['mfu']:.1%}  "
-              f"(rounds: {', '.join(f'{x:,.0f}' for x in r['tokens_per_s_rounds'])})")
-    print(f"{'speedup':>26}: {result['speedup']:.2f}x")
+        print(f"{name:>34}: {r['tokens_per_s_median']:>9,.0f} tokens/s  MFU {r['mfu']:.1%} ({r['mfu_of_torch_peak']:.1%} "
+              f"of torch's peak)  (rounds: {', '.join(f'{x:,.0f}' for x in r['tokens_per_s_rounds'])})")
+    print(f"{'speedup':>34}: {result['speedup']:.2f}x ({result['speedup_torch_matmul']:.2f}x with torch's matmul)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

@@ -17,9 +17,9 @@ needs_onednn = pytest.mark.skipif(not matmul.onednn_available(), reason="this to
 @pytest.fixture
 def fresh_backend(monkeypatch):
     """`backend()` read again under the test's environment, and again after it."""
-    matmul.backend.cache_clear()
+    matmul._chosen.cache_clear()
     yield monkeypatch
-    matmul.backend.cache_clear()
+    matmul._chosen.cache_clear()
 
 
 def _case(n: int, d_in: int, d_out: int, bias: str, seed: int = 0):
@@ -89,7 +89,7 @@ def test_backend_rule(fresh_backend):
              ("AuthenticAMD", "avx2"): "torch", ("GenuineIntel", "avx2 avx512f"): "torch", ("", ""): "torch"}
     for (vendor, flags), expected in cases.items():
         fresh_backend.setattr(matmul, "_cpu_flags", lambda v=vendor, f=flags: (v, set(f.split())))
-        matmul.backend.cache_clear()
+        matmul._chosen.cache_clear()
         assert matmul.backend() == expected, (vendor, flags)
 
 

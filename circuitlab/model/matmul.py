@@ -21,6 +21,7 @@ thread count (tested). The hooked path keeps torch's einsums, as TransformerLens
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
@@ -55,9 +56,29 @@ def onednn_available() -> bool:
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
-@functools.cache
+_forced: str | None = None
+
+
 def backend() -> str:
-    """'onednn' or 'torch', from CIRCUITLAB_MATMUL (module docstring); read once per process."""
+    """'onednn' or 'torch': `forced`'s inside it, else from CIRCUITLAB_MATMUL (module docstring), read once."""
+    return _forced if _forced is not None else _chosen()
+
+
+@contextlib.contextmanager
+def forced(name: str):
+    """Inside the block, every product takes backend `name` ('onednn' or 'torch'): for side-by-side benchmarks."""
+    global _forced
+    if name not in ("onednn", "torch") or (name == "onednn" and not onednn_available()):
+        raise ValueError(f"cannot force the matmul backend {name!r} here")
+    saved, _forced = _forced, name
+    try:
+        yield
+    finally:
+        _forced = saved
+
+
+@functools.cache
+def _chosen() -> str:
     from circuitlab.errors import CircuitlabError
 
     choice = os.environ.get(ENV, "auto").strip().lower() or "auto"
@@ -73,9 +94,16 @@ def backend() -> str:
     return "onednn" if vendor == "AuthenticAMD" and "avx512f" in flags and torch.backends.mkl.is_available() else "torch"
 
 
+def _dense(t: Tensor) -> Tensor:
+    """t itself if it is row-major or a transpose of one, else a row-major copy: oneDNN multiplies any other
+    strides (a column slice of a wider matrix, say) with a reference kernel, ~100x slower (session 13: a
+    [128, 64] slice of W_QKV took 25 ms against 0.2)."""
+    return t if t.is_contiguous() or t.t().is_contiguous() else t.contiguous()
+
+
 def _dnn(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """x @ weight.T + bias by oneDNN (weight [d_out, d_in], as torch's linear takes it; views are fine)."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    """x @ weight.T + bias by oneDNN (weight [d_out, d_in], as torch's linear takes it)."""
+    return torch.ops.mkldnn._linear_pointwise(_dense(x), _dense(weight), bias, "none", [], "")
 
 
 def _weight_grad(x: Tensor, g: Tensor) -> Tensor:
