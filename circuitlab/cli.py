@@ -98,10 +98,13 @@ def _friendly(fn):
 
 
 def _use_free_cores() -> int:
-    """Every command's set-up: torch threads on the free cores, and malloc settings that keep freed memory."""
+    """Every command's set-up: torch threads on the free cores, malloc settings that keep freed memory, and the
+    matmul backend read now, so a bad CIRCUITLAB_MATMUL is one line before any work."""
+    from circuitlab.model.matmul import backend
     from circuitlab.training.allocator import keep_freed_memory
     from circuitlab.training.threads import use_free_cores
 
+    backend()
     keep_freed_memory()
     return use_free_cores()
 

@@ -120,3 +120,31 @@ def test_cpu_flags_reads_this_machine():
         assert vendor and vendor in info and flags and all(f in info for f in list(flags)[:5])
     else:
         assert (vendor, flags) == ("", set())
+
+
+def test_dense_copies_only_what_onednn_would_multiply_slowly():
+    W = torch.randn(64, 192)
+    assert matmul._dense(W) is W and matmul._dense(W.t()).data_ptr() == W.data_ptr()  # row-major or its transpose
+    part = W[:, :128]  # a column slice (the fast path's positional Q/K product): copied, same values
+    dense = matmul._dense(part.t())
+    assert dense.is_contiguous() and dense.data_ptr() != W.data_ptr() and torch.equal(dense, part.t())
+
+
+@needs_onednn
+def test_onednn_linear_of_a_column_slice_is_right(fresh_backend):
+    fresh_backend.setenv(matmul.ENV, "onednn")
+    x, W = torch.randn(128, 64), torch.randn(64, 192)
+    torch.testing.assert_close(matmul.linear(x, W[:, :128]), x @ W[:, :128], rtol=1e-5, atol=1e-4)
+
+
+def test_cli_refuses_an_unknown_backend_in_one_line(fresh_backend, tmp_path):
+    from typer.testing import CliRunner
+
+    from circuitlab.cli import app
+
+    fresh_backend.setenv(matmul.ENV, "fast")
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["train", "--preset", "attn1", "--out", str(out), "--max-steps", "1", "--quiet"])
+    lines = [x for x in r.output.splitlines() if x.startswith("error:")]
+    assert r.exit_code == 2 and len(lines) == 1 and "CIRCUITLAB_MATMUL='fast'" in lines[0], r.output
+    assert "Traceback" not in r.output and not out.exists()
