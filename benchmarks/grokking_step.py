@@ -28,6 +28,7 @@ from circuitlab.data.modular import modular_addition
 from circuitlab.experiments.grokking import grokking_model
 from circuitlab.model import Transformer, matmul
 from circuitlab.model.last_position import last_position_logits
+from circuitlab.model.matmul import linear
 from circuitlab.training.allocator import keep_freed_memory
 from circuitlab.training.flops import peak_matmul_flops
 from circuitlab.training.loop import make_optimizer
@@ -48,7 +49,8 @@ def last_position_train_flops(cfg, batch: int) -> float:
 def gathered_qk_logits(model: Transformer, tokens):
     """The last-position step as it was before session 11, for the comparison: q and k gathered per example from
     per-(position, token) tables and multiplied elementwise, where `last_position_logits` now gathers the scores
-    from a score table. Same result to float rounding (checked in main)."""
+    from a score table; its other products as `last_position_logits` computes them (`matmul.linear`), so the ratio
+    is the score table's alone. Same result to float rounding (checked in main)."""
     import math
 
     cfg, a = model.cfg, model.blocks[0].attn
@@ -62,10 +64,10 @@ def gathered_qk_logits(model: Transformer, tokens):
     q, k, v = q.view(B, H, E), k.view(B, T, H, E), v.view(B, T, H, E)
     pattern = ((q[:, None] * k).sum(-1) / math.sqrt(E)).softmax(1)
     z = (pattern[..., None] * v).sum(1)
-    resid = F.embedding(tokens[:, -1], resid_in[T - 1]) + z.reshape(B, H * E) @ a.W_O.reshape(H * E, cfg.d_model)
+    resid = linear(z.reshape(B, H * E), a.W_O.reshape(H * E, cfg.d_model), F.embedding(tokens[:, -1], resid_in[T - 1]))
     mlp = model.blocks[0].mlp
-    resid = resid + F.relu(resid @ mlp.W_in + mlp.b_in) @ mlp.W_out + mlp.b_out
-    return resid @ model.W_U
+    resid = resid + linear(F.relu(linear(resid, mlp.W_in, mlp.b_in)), mlp.W_out, mlp.b_out)
+    return linear(resid, model.W_U)
 
 
 class PaperModel(nn.Module):

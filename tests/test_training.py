@@ -435,3 +435,32 @@ def test_a_run_resumes_with_the_thread_count_it_was_trained_with(tmp_path):
         assert all(torch.equal(got[k], weights[1][k]) for k in got)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not __import__("circuitlab.model.matmul", fromlist=["x"]).onednn_available(),
+                    reason="this torch has no oneDNN linear for the CPU")
+def test_a_run_resumes_with_the_matmul_backend_it_was_trained_with(tmp_path):
+    """oneDNN's and torch's products round differently: the grokking preset's weights after 40 epochs differ between
+    them (checked first, so the test can fail). run.json records the backend; a resume under the other one uses the
+    recorded one, so it ends exactly where the uninterrupted run does, and the caller's backend is back after."""
+    from circuitlab.experiments.grokking.presets import grokking_model
+    from circuitlab.model import matmul
+    from circuitlab.training import ModularAdditionTask
+
+    preset = grokking_model(epochs=40, log_every=10, checkpoint_every=20)
+    m, t = preset.configs()
+    weights = {}
+    for name in ("onednn", "torch"):
+        with matmul.forced(name):
+            run = train(m, t, ModularAdditionTask(**preset.task), tmp_path / name, progress=False)
+        weights[name] = run.model().state_dict()
+        assert json.loads((tmp_path / name / "run.json").read_text())["matmul"] == name
+    assert not all(torch.equal(weights["onednn"][k], weights["torch"][k]) for k in weights["torch"])
+    with matmul.forced("onednn"):
+        train(m, t, ModularAdditionTask(**preset.task), tmp_path / "r", progress=False, stop_at=20)
+    with matmul.forced("torch"):
+        resumed = train(m, t, ModularAdditionTask(**preset.task), tmp_path / "r", resume=True, progress=False)
+        assert matmul.backend() == "torch"
+    got = resumed.model().state_dict()
+    assert all(torch.equal(got[k], weights["onednn"][k]) for k in got)
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["matmul"] == "onednn"

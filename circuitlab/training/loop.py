@@ -23,7 +23,7 @@ import torch
 
 from circuitlab.data.tokens import TokenData
 from circuitlab.errors import CircuitlabError
-from circuitlab.model import ModelConfig, Transformer
+from circuitlab.model import ModelConfig, Transformer, matmul
 from circuitlab.results import atomic_write_text, temporaries
 from circuitlab.training.checkpoints import (
     checkpoint_path, list_checkpoints, load_checkpoint, load_optimizer, optimizer_step, save_checkpoint, save_optimizer,
@@ -105,8 +105,9 @@ def _start(out: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task
         _match_threads(out, device)
     # threads: torch's CPU thread count changes float rounding (the order of the reductions), so a run is only
     # reproduced, and resumed exactly, with the thread count it was trained with
+    # matmul: the fast paths' products (oneDNN or torch's own, `model.matmul`) round differently, so likewise
     meta = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "task": task.spec(), "data": task.info(),
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "matmul": matmul.backend()}
     if step is not None:
         model, _ = load_checkpoint(checkpoint_path(out, step), model_cfg, device)
         optimizer = make_optimizer(model, train_cfg)
@@ -138,6 +139,23 @@ def _match_threads(out: Path, device: torch.device) -> None:
         log.info("resuming with %d torch threads, as %s was trained (float rounding depends on the thread count)",
                  saved, out)
         torch.set_num_threads(saved)
+
+
+def _run_matmul(out: Path, resume: bool):
+    """A context in which a resumed run multiplies with the matmul backend it was trained with (recorded in run.json
+    since session 13): a run begun with oneDNN's products and resumed with torch's (CIRCUITLAB_MATMUL changed) would
+    not continue the uninterrupted trajectory. Runs without the record, and new runs, use the current backend."""
+    try:
+        saved = json.loads((out / "run.json").read_text()).get("matmul") if resume else None
+    except (OSError, ValueError, AttributeError):
+        saved = None
+    if saved not in ("onednn", "torch") or saved == matmul.backend():
+        return nullcontext()
+    if saved == "onednn" and not matmul.onednn_available():
+        raise CircuitlabError(f"cannot resume {out} exactly: it was trained with oneDNN's matrix products, which this "
+                              "torch lacks; resume it where it was trained, or train again into another --out")
+    log.info("resuming with the %s matmul backend, as %s was trained (float rounding depends on it)", saved, out)
+    return matmul.forced(saved)
 
 
 def _holds_run(out: Path) -> bool:
@@ -234,16 +252,22 @@ def _checked_train(model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task, o
     torch.use_deterministic_algorithms(True, warn_only=True)
     threads = torch.get_num_threads()  # a resume may match the run's own count (_match_threads); restored after
     try:
-        if not ranks.main:  # rank 0 writes the run; the others train along and read what it wrote
-            return _train(model_cfg, train_cfg, task, out, resume, (), False, stop_at, ranks)
-        with run_lock(out):  # one writer per run directory, for the whole run
-            for tmp in temporaries(out) + temporaries(out / "checkpoints"):  # left by a killed writer
-                tmp.unlink(missing_ok=True)
-            return _train(model_cfg, train_cfg, task, out, resume, callbacks, progress, stop_at, ranks)
+        with _run_matmul(out, resume):
+            return _locked_train(model_cfg, train_cfg, task, out, resume, callbacks, progress, stop_at, ranks)
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
+
+
+def _locked_train(model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task, out: Path, resume: bool, callbacks,
+                  progress: bool, stop_at: int | None, ranks: distributed.Ranks) -> Run:
+    if not ranks.main:  # rank 0 writes the run; the others train along and read what it wrote
+        return _train(model_cfg, train_cfg, task, out, resume, (), False, stop_at, ranks)
+    with run_lock(out):  # one writer per run directory, for the whole run
+        for tmp in temporaries(out) + temporaries(out / "checkpoints"):  # left by a killed writer
+            tmp.unlink(missing_ok=True)
+        return _train(model_cfg, train_cfg, task, out, resume, callbacks, progress, stop_at, ranks)
 
 
 def _train(model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task, out: Path, resume: bool, callbacks,
