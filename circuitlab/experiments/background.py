@@ -2,11 +2,11 @@
 
 The grokking step makes 26.0 epochs/s on one thread and 39.8 on two (`benchmarks/grokking_step.py`, session 13's
 2-core CPU, oneDNN's products; session 12's: 16.8 and 28.7 with MKL's): a second thread buys 53%, where the other
-core doing other work at full speed is worth 100%. So on a machine with two or more cores `reproduce` starts the grokking stage first, on one
-thread, and runs the induction and circuits stages on the other cores; when they are done, the grokking process
-takes every core (`ThreadsFromFile`) and `reproduce` waits for it, showing its progress. Only where the step's
-results do not depend on the thread count (`grokking.run.thread_invariant`, checked first), so the overlap changes
-no number.
+core doing other work at full speed is worth 100%. So on a machine with two or more cores `reproduce` starts the
+grokking stage first, on one thread, and runs the induction and circuits stages on the other cores; when they are
+done, the grokking process takes every core (`ThreadsFromFile`) and `reproduce` waits for it, showing its progress.
+Only where the step's results do not depend on the thread count (`grokking.run.thread_invariant`, checked first),
+so the overlap changes no number.
 """
 
 from __future__ import annotations

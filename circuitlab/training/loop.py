@@ -107,7 +107,7 @@ def _start(out: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task
     # reproduced, and resumed exactly, with the thread count it was trained with
     # matmul: the fast paths' products (oneDNN or torch's own, `model.matmul`) round differently, so likewise
     meta = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "task": task.spec(), "data": task.info(),
-            "threads": torch.get_num_threads(), "matmul": matmul.backend()}
+            "threads": torch.get_num_threads(), "matmul": matmul.backend() if device.type == "cpu" else "torch"}
     if step is not None:
         model, _ = load_checkpoint(checkpoint_path(out, step), model_cfg, device)
         optimizer = make_optimizer(model, train_cfg)
