@@ -2,10 +2,10 @@
 
 torch's x86 CPU wheels multiply float32 matrices with MKL, and MKL takes its AVX2 code on AMD processors even where
 they have AVX-512; oneDNN, which the same wheel carries (torch's compiler uses it for linear layers on the CPU),
-picks its kernels from the CPU's features. Session 13's 2-core AMD EPYC (AVX-512), one thread, float32
-(`benchmarks/matmul.py`):
+picks its kernels from the CPU's features. Session 13's 2-core AMD EPYC (AVX-512), float32, median of alternating
+rounds (`benchmarks/matmul.py`):
 
-    x [3830, 128] @ W [128, 512]   MKL  82 GFLOP/s   oneDNN 190 GFLOP/s
+    x [3830, 128] @ W [128, 512]   one thread: MKL  88 GFLOP/s, oneDNN 208   two threads: 159, 377
 
 `linear(x, W, b)` is x @ W + b (TransformerLens's layout: W is [d_in, d_out]), forward and backward (dL/dx = g W^T,
 dL/dW = x^T g, dL/db = sum_rows g), each product through the backend that `backend()` chose once per process:
