@@ -36,7 +36,8 @@ CHOICES = ("auto", "onednn", "torch")
 def _cpu_flags() -> tuple[str, set[str]]:
     """(vendor_id, flags) of the first CPU in /proc/cpuinfo; ("", set()) where there is none (not Linux)."""
     try:
-        text = open("/proc/cpuinfo").read(65536)
+        with open("/proc/cpuinfo") as f:
+            text = f.read(65536)
     except OSError:
         return "", set()
     vendor, flags = "", set()
