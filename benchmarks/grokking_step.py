@@ -176,7 +176,7 @@ def main() -> None:
               "fraction_of_peak": eps["circuitlab_last_position"] / floor,
               "vs_gathered_qk": eps["circuitlab_last_position"] / eps["gathered_qk_before_session_11"],
               "thread_scaling": {"1": eps["circuitlab_last_position_1_thread"], str(threads): eps["circuitlab_last_position"]},
-              "machine": platform.processor() or platform.machine(), "threads": threads}
+              "machine": platform.processor() or platform.machine(), "cpu": matmul.cpu_name(), "threads": threads}
     for k, v in eps.items():
         print(f"{k:34s} {v:7.1f} epochs/s  ({1e3 / v:.1f} ms/epoch)")
     print(f"speedup {ratio:.2f}x (median of {args.rounds} alternating rounds of {args.steps} full-batch steps)")

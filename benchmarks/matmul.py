@@ -48,7 +48,7 @@ def main() -> None:
     threads = torch.get_num_threads()
     g = torch.Generator().manual_seed(0)
     result = {"machine": platform.processor() or platform.machine(), "cpu_vendor": matmul._cpu_flags()[0],
-              "backend_chosen": matmul.backend(), "threads": threads, "shapes": {}}
+              "cpu": matmul.cpu_name(), "backend_chosen": matmul.backend(), "threads": threads, "shapes": {}}
     print(f"backend chosen here: {result['backend_chosen']}; GFLOP/s, median of {args.rounds} alternating rounds")
     print(f"{'shape':16s} {'product':8s} {'threads':>7s} {'torch':>7s} {'oneDNN':>7s} {'ratio':>6s}")
     for name, n, d_in, d_out in SHAPES:

@@ -143,8 +143,8 @@ def main() -> None:
         "peak_matmul_flops": max(peak, peak_after),
         "peak_matmul_flops_torch": peak_torch,
         "matmul_backend": matmul.backend(),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "device": args.device},
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu": matmul.cpu_name(),
+                    "threads": torch.get_num_threads(), "torch": torch.__version__, "device": args.device},
         "rounds": args.rounds, "seconds_per_round": args.seconds,
         "batches": "a fresh window batch of the stdlib corpus per step, the same stream for both models",
         "steps": {name: st.step for name, st in streams.items()},
@@ -156,6 +156,8 @@ def main() -> None:
     tl = result["transformer_lens_native"]["tokens_per_s_median"]
     result["speedup"] = result["circuitlab_fast_path"]["tokens_per_s_median"] / tl
     result["speedup_torch_matmul"] = result["circuitlab_fast_path_torch_matmul"]["tokens_per_s_median"] / tl
+    # Twice TransformerLens's rate is twice its MFU: what a 2x ratio asks of our step on this machine.
+    result["mfu_for_2x"] = 2 * result["transformer_lens_native"]["mfu"]
 
     print(f"model: {cfg.n_layers}L d_model {cfg.d_model} {cfg.n_heads}x{cfg.d_head} n_ctx {cfg.n_ctx} vocab {cfg.d_vocab}, "
           f"batch {args.batch_size}; {torch.get_num_threads()} threads on {args.device}")
@@ -166,6 +168,7 @@ def main() -> None:
         print(f"{name:>34}: {r['tokens_per_s_median']:>9,.0f} tokens/s  MFU {r['mfu']:.1%} ({r['mfu_of_torch_peak']:.1%} "
               f"of torch's peak)  (rounds: {', '.join(f'{x:,.0f}' for x in r['tokens_per_s_rounds'])})")
     print(f"{'speedup':>34}: {result['speedup']:.2f}x ({result['speedup_torch_matmul']:.2f}x with torch's matmul)")
+    print(f"{'2x would need':>34}: MFU {result['mfu_for_2x']:.1%} of the peak above (on {result['machine']['cpu']})")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))

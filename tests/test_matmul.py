@@ -122,6 +122,15 @@ def test_cpu_flags_reads_this_machine():
         assert (vendor, flags) == ("", set())
 
 
+def test_cpu_name_reads_the_first_processor():
+    two = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n\n"
+           "processor\t: 1\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: Other\n")
+    assert matmul.cpu_name(two) == "AMD EPYC family 25 model 17"
+    assert matmul.cpu_name("processor\t: 0\nfeatures\t: fp asimd\n") is None  # an ARM cpuinfo names no model
+    here = matmul.cpu_name()
+    assert here is None or here.split(" family ")[0] in open("/proc/cpuinfo").read()
+
+
 def test_dense_copies_only_what_onednn_would_multiply_slowly():
     W = torch.randn(64, 192)
     assert matmul._dense(W) is W and matmul._dense(W.t()).data_ptr() == W.data_ptr()  # row-major or its transpose

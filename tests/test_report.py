@@ -148,22 +148,17 @@ def test_report_in_headless_chromium(results_dir, tmp_path):
         WebDriverWait(driver, 10).until(lambda d: viewer.get_attribute("data-head") == "0.1")
         z1 = driver.execute_script("return JSON.stringify(document.getElementById('viewer-plot').data[0].z)")
         assert first != "0.1" and z1 != z0
-        # Plotly's labels show corpus tokens as typed: hover a cell of the hostile rows and read the hover label
-        from selenium.webdriver.common.action_chains import ActionChains
-
+        # Plotly's labels show corpus tokens as typed: hover a cell of the hostile rows and read the hover label.
+        # Plotly.Fx.hover draws the label the mouse would (the same hover code), at a cell named by its coordinates:
+        # moving the mouse onto the cell lost its moves on a busy machine (failed a full `make test` in session 14).
         plot = driver.find_element(By.ID, "viewer-plot")
         driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", plot)
 
         def hovered(d):
-            # the mouse, as a person: off the cell and onto it again on every try, so a move that came while the
-            # head's redraw was still running (a busy machine) is repeated rather than waited on
-            dx, dy = d.execute_script("""
-                const d = document.getElementById('viewer-plot'), fl = d._fullLayout, r = d.getBoundingClientRect();
-                return [fl.xaxis._offset + fl.xaxis.l2p(1) - r.width / 2,
-                        fl.yaxis._offset + fl.yaxis.l2p(4) - r.height / 2];""")
-            ActionChains(d).move_to_element_with_offset(plot, int(dx) + 3, int(dy) + 3).pause(0.05) \
-                .move_to_element_with_offset(plot, int(dx), int(dy)).perform()
-            return d.execute_script("return document.querySelector('#viewer-plot .hoverlayer').textContent.length > 0")
+            return d.execute_script("""
+                const gd = document.getElementById('viewer-plot');
+                Plotly.Fx.hover(gd, {xval: 1, yval: 4});  // key 1, query 4: a cell of the hostile rows
+                return gd.querySelector('.hoverlayer').textContent.length > 0;""")
 
         WebDriverWait(driver, 30, poll_frequency=0.5).until(hovered)
         hover = driver.execute_script("return document.querySelector('#viewer-plot .hoverlayer').textContent")

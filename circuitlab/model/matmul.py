@@ -7,6 +7,10 @@ rounds (`benchmarks/matmul.py`):
 
     x [3830, 128] @ W [128, 512]   one thread: MKL  88 GFLOP/s, oneDNN 208   two threads: 159, 377
 
+On session 14's AMD EPYC family 25 (Zen 4, whose AVX-512 units are AVX2's width) the same product read 68 and 91,
+two threads 123 and 155, and oneDNN's weight gradients on two threads were 0.75-0.97x MKL's: little to gain there,
+but the same kernels: the demo's measured values came out the same as on family 26.
+
 `linear(x, W, b)` is x @ W + b (TransformerLens's layout: W is [d_in, d_out]), forward and backward (dL/dx = g W^T,
 dL/dW = x^T g, dL/db = sum_rows g), each product through the backend that `backend()` chose once per process:
 
@@ -33,15 +37,19 @@ ENV = "CIRCUITLAB_MATMUL"
 CHOICES = ("auto", "onednn", "torch")
 
 
-def _cpu_flags() -> tuple[str, set[str]]:
-    """(vendor_id, flags) of the first CPU in /proc/cpuinfo; ("", set()) where there is none (not Linux)."""
+def _cpuinfo() -> str:
+    """The start of /proc/cpuinfo (its first processors), or "" where there is none (not Linux)."""
     try:
         with open("/proc/cpuinfo") as f:
-            text = f.read(65536)
+            return f.read(65536)
     except OSError:
-        return "", set()
+        return ""
+
+
+def _cpu_flags() -> tuple[str, set[str]]:
+    """(vendor_id, flags) of the first CPU in /proc/cpuinfo; ("", set()) where there is none (not Linux)."""
     vendor, flags = "", set()
-    for line in text.splitlines():
+    for line in _cpuinfo().splitlines():
         key, _, value = line.partition(":")
         if key.strip() == "vendor_id" and not vendor:
             vendor = value.strip()
@@ -49,6 +57,18 @@ def _cpu_flags() -> tuple[str, set[str]]:
             flags = set(value.split())
             break
     return vendor, flags
+
+
+def cpu_name(cpuinfo: str | None = None) -> str | None:
+    """The first CPU's model name with its family and model numbers, from /proc/cpuinfo (or the text given; None
+    where there is none), for the benchmarks' records: one model name can cover processors whose matmul rates differ
+    twofold (AMD EPYC family 25, Zen 4, whose AVX-512 runs at AVX2's width, and family 26, Zen 5, where oneDNN ran
+    2x MKL)."""
+    first = (_cpuinfo() if cpuinfo is None else cpuinfo).split("\n\n")[0]
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}
+    if "model name" not in fields:
+        return None
+    return f"{fields['model name']} family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"
 
 
 def onednn_available() -> bool:
