@@ -9,7 +9,7 @@ rounds (`benchmarks/matmul.py`):
 
 On session 14's AMD EPYC family 25 (Zen 4, whose AVX-512 units are AVX2's width) the same product read 68 and 91,
 two threads 123 and 155, and oneDNN's weight gradients on two threads were 0.75-0.97x MKL's: little to gain there,
-but the same kernels: the demo's measured values came out the same as on family 26.
+but the same kernels: every demo value the README quotes came out the same as on family 26.
 
 `linear(x, W, b)` is x @ W + b (TransformerLens's layout: W is [d_in, d_out]), forward and backward (dL/dx = g W^T,
 dL/dW = x^T g, dL/db = sum_rows g), each product through the backend that `backend()` chose once per process:
