@@ -5,8 +5,9 @@ causal pattern, ReLU MLP, unembedding) runs on all three positions of every trai
 the last position. Both use the same weights, the same full batch (3830 pairs for p = 113) and the same AdamW, and
 are timed in alternating rounds in one process, with circuitlab's step also on one thread (`thread_scaling`) and
 as it was before session 11 (`gathered_qk_logits`), and with torch's own matrix products instead of the backend
-`circuitlab.model.matmul` chose (`CIRCUITLAB_MATMUL=torch`: MKL in the x86 wheels; oneDNN where it is chosen).
-Writes JSON to benchmarks/results/.
+`circuitlab.model.matmul` chose (`CIRCUITLAB_MATMUL=torch`: MKL in the x86 wheels; oneDNN where it is chosen). Last, the step as the training
+loop runs it, with an evaluation of all p^2 pairs every 10 epochs, whose training-set forward is lent to the next
+step (`ModularAdditionTask.evaluate`) or not. Writes JSON to benchmarks/results/.
 
     .venv/bin/python benchmarks/grokking_step.py [--rounds 5] [--steps 20]
 """
@@ -96,6 +97,60 @@ class PaperModel(nn.Module):
         return x @ self.W_U
 
 
+def loop_with_evaluations(preset, state: dict, rounds: int, every: int) -> dict:
+    """Epochs/s of the step with an evaluation every `every` epochs, as the training loop runs them
+    (`ModularAdditionTask.loss` and `evaluate`), in alternating rounds: the evaluation lending its training-set
+    forward to the next step (what the loop does), and every step computing its own; and the evaluation alone, in
+    steps. Each contender trains its own copy of the same weights."""
+    from circuitlab.training.tasks import ModularAdditionTask
+
+    mcfg, cfg = preset.configs()
+
+    class OwnForward(ModularAdditionTask):
+        def loss(self, model, batch):
+            self._kept = None
+            return super().loss(model, batch)
+
+    runs = {}
+    for name, kind in (("evaluation_lends_its_forward", ModularAdditionTask), ("every_step_its_own_forward", OwnForward)):
+        task, net = kind(**preset.task), Transformer(mcfg)
+        task.prepare(mcfg, cfg, torch.device("cpu"))
+        net.load_state_dict(state)
+        runs[name] = (task, net, make_optimizer(net, cfg))
+
+    def epochs(task, net, opt, n):
+        for _ in range(n):
+            task.loss(net, task.batch(0)).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    def cycle(task, net, opt):  # `every` epochs and the evaluation after them
+        epochs(task, net, opt, every)
+        task.evaluate(net, 0)
+
+    for run in runs.values():
+        cycle(*run)
+    times = {k: [] for k in runs}
+    steps, evaluations = [], []
+    for _ in range(rounds):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            for _ in range(2):
+                cycle(*run)
+            times[name].append(2 * every / (time.perf_counter() - t0))
+        task, net, opt = runs["every_step_its_own_forward"]
+        t0 = time.perf_counter()
+        epochs(task, net, opt, every)
+        steps.append((time.perf_counter() - t0) / every)
+        t0 = time.perf_counter()
+        task.evaluate(net, 0)
+        evaluations.append(time.perf_counter() - t0)
+    eps = {k: statistics.median(v) for k, v in times.items()}
+    return {"epochs_per_s": eps, "rounds": times, "evaluate_every": every,
+            "speedup": eps["evaluation_lends_its_forward"] / eps["every_step_its_own_forward"],
+            "evaluation_in_steps": statistics.median(evaluations) / statistics.median(steps)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
@@ -162,6 +217,7 @@ def main() -> None:
                 fn()
             times[name].append(args.steps / (time.perf_counter() - t0))
     eps = {k: statistics.median(v) for k, v in times.items()}
+    loop = loop_with_evaluations(preset, ours.state_dict(), args.rounds, cfg.eval_every)
     ratio = eps["circuitlab_last_position"] / eps["paper_all_positions"]
     peak_after = peak_matmul_flops.__wrapped__("cpu", n=1024, seconds=1.0)
     peak = max(peak_before, peak_after)
@@ -176,7 +232,8 @@ def main() -> None:
               "fraction_of_peak": eps["circuitlab_last_position"] / floor,
               "vs_gathered_qk": eps["circuitlab_last_position"] / eps["gathered_qk_before_session_11"],
               "thread_scaling": {"1": eps["circuitlab_last_position_1_thread"], str(threads): eps["circuitlab_last_position"]},
-              "machine": platform.processor() or platform.machine(), "cpu": matmul.cpu_name(), "threads": threads}
+              "machine": platform.processor() or platform.machine(), "cpu": matmul.cpu_name(), "threads": threads,
+              "loop_with_evaluations": loop}
     for k, v in eps.items():
         print(f"{k:34s} {v:7.1f} epochs/s  ({1e3 / v:.1f} ms/epoch)")
     print(f"speedup {ratio:.2f}x (median of {args.rounds} alternating rounds of {args.steps} full-batch steps)")
@@ -188,6 +245,10 @@ def main() -> None:
           f"{eps['circuitlab_last_position'] / eps['circuitlab_last_position_torch_matmul']:.2f}x")
     print(f"FLOP floor: {flops / 1e9:.2f} GFLOP/epoch; at the measured matmul peak ({peak / 1e9:.0f} GFLOP/s; torch's "
           f"own a @ b {peak_torch / 1e9:.0f}) {floor:.1f} epochs/s; circuitlab runs at {result['fraction_of_peak']:.0%} of it")
+    lent, own = loop["epochs_per_s"]["evaluation_lends_its_forward"], loop["epochs_per_s"]["every_step_its_own_forward"]
+    print(f"as the training loop runs it (an evaluation of all {p}^2 pairs every {cfg.eval_every} epochs): "
+          f"{lent:.1f} epochs/s with the evaluation's training forward lent to the next step, {own:.1f} without "
+          f"({loop['speedup']:.2f}x); one evaluation costs {loop['evaluation_in_steps']:.2f} steps")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")

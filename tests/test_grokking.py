@@ -18,6 +18,7 @@ from circuitlab.grokking.measures import (
 )
 from circuitlab.model import ModelConfig, Transformer
 from circuitlab.model.last_position import last_position_logits
+from circuitlab.model.loss import modular_loss
 from circuitlab.training import ModularAdditionTask, Run, train
 
 
@@ -262,6 +263,51 @@ def test_the_paper_preset_trains_the_same_twice(tmp_path):
     for (n, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(x, y), n
     assert not torch.are_deterministic_algorithms_enabled()  # the caller's setting is restored
+
+
+def test_an_evaluation_lends_its_training_forward_to_the_next_step_and_changes_no_number(tmp_path, monkeypatch):
+    """`ModularAdditionTask.evaluate` keeps its training-set loss, graph and all, for the next step's `loss`: the
+    run's weights and metrics are the same to the bit as when every step computes its own forward, with one forward
+    fewer per evaluation. A parameter changed in place after the evaluation (its version counter) means the loss
+    is computed again, from the changed weights."""
+    import circuitlab.training.tasks as tasks
+
+    g = grokking_model(p=13, d_model=16, d_mlp=32, n_heads=2, d_head=8, epochs=30, checkpoint_every=30, log_every=5)
+    m, t = g.configs()
+    calls = []
+    real_forward = tasks.last_position_logits
+    monkeypatch.setattr(tasks, "last_position_logits", lambda model, x: calls.append(len(x)) or real_forward(model, x))
+    kept = train(m, t, ModularAdditionTask(**g.task), tmp_path / "kept", progress=False)
+    n_kept = len(calls)
+    real_loss = ModularAdditionTask.loss
+
+    def own_forward(self, model, batch):
+        self._kept = None
+        return real_loss(self, model, batch)
+
+    monkeypatch.setattr(ModularAdditionTask, "loss", own_forward)
+    calls.clear()
+    own = train(m, t, ModularAdditionTask(**g.task), tmp_path / "own", progress=False)
+    # 30 steps and 7 evaluations (epochs 0, 5, ..., 30) of two forwards each; 6 of the steps take an evaluation's
+    assert (len(calls), n_kept) == (30 + 2 * 7, 30 - 6 + 2 * 7)
+    untimed = lambda rows: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]  # noqa: E731
+    assert untimed(kept.metrics) == untimed(own.metrics)
+    for (name, x), y in zip(kept.model().state_dict().items(), own.model().state_dict().values()):
+        assert torch.equal(x, y), name
+
+    monkeypatch.setattr(ModularAdditionTask, "loss", real_loss)
+    task, net = ModularAdditionTask(**g.task), own.model()
+    task.prepare(m, t, torch.device("cpu"))
+    task.evaluate(net, 0)
+    with torch.no_grad():
+        net.W_U.mul_(2.0)
+    changed = task.loss(net, task.batch(0))
+    expected = modular_loss(last_position_logits(net, task.x_train), task.y_train, 13)
+    assert torch.equal(changed, expected) and changed.requires_grad
+    task.evaluate(net, 0)
+    lent = task._kept[3]
+    assert task.loss(net, task.batch(0)) is lent and task._kept is None  # taken once, then let go
+    assert task.loss(net, task.batch(0)) is not lent
 
 
 def test_the_thread_count_check_tells_whether_a_switch_mid_run_changes_the_results(tmp_path):

@@ -69,6 +69,31 @@ def test_onednn_linear_same_bits_on_one_and_two_threads():
         assert torch.equal(a, c)
 
 
+@pytest.mark.parametrize("backend", ["onednn", "torch"])
+def test_linear_relu_is_relu_of_linear_to_the_bit(backend):
+    """`linear_relu` fuses the ReLU into oneDNN's product: its output and its three gradients are exactly those of
+    `relu(linear(x, W, b))` (the grokking step's MLP, whose trajectory must not move), on 1 and 2 threads; a third
+    of the pre-activations are negative, so the mask matters."""
+    if backend == "onednn" and not matmul.onednn_available():
+        pytest.skip("this torch has no oneDNN linear for the CPU")
+    x, W, b, grad = _case(3830, 128, 512, "vector")
+    b = b - 0.4  # more zeros after the ReLU
+    saved = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            with matmul.forced(backend):
+                fused = _run(matmul.linear_relu, x, W, b, grad)
+                plain = _run(lambda x, W, b: torch.relu(matmul.linear(x, W, b)), x, W, b, grad)
+            assert 0.2 < float((fused[0] == 0).float().mean()) < 0.8
+            for a, c in zip(fused, plain):
+                assert torch.equal(a, c)
+    finally:
+        torch.set_num_threads(saved)
+    x3 = x.view(10, 383, 128)  # any leading dimensions, as `linear`
+    assert torch.equal(matmul.linear_relu(x3, W, b), torch.relu(matmul.linear(x, W, b)).view(10, 383, 512))
+
+
 def test_torch_backend_is_addmm_to_the_bit(fresh_backend):
     """CIRCUITLAB_MATMUL=torch: `linear` is exactly torch's own product, so nothing changes where oneDNN is off."""
     fresh_backend.setenv(matmul.ENV, "torch")

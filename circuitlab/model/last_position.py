@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from circuitlab.model.matmul import linear
+from circuitlab.model.matmul import linear, linear_relu
 from circuitlab.model.model import Transformer
 
 
@@ -41,5 +41,5 @@ def last_position_logits(model: Transformer, tokens: Tensor) -> Tensor:
     resid = linear(z.reshape(B, H * E), a.W_O.reshape(H * E, cfg.d_model), F.embedding(last, resid_in[T - 1]))
     if not cfg.attn_only:
         mlp = model.blocks[0].mlp
-        resid = resid + linear(F.relu(linear(resid, mlp.W_in, mlp.b_in)), mlp.W_out, mlp.b_out)
+        resid = resid + linear(linear_relu(resid, mlp.W_in, mlp.b_in), mlp.W_out, mlp.b_out)
     return linear(resid, model.W_U)

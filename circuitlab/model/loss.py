@@ -98,4 +98,9 @@ def modular_loss(logits: Float[Tensor, "batch d_vocab"], labels: Tensor, p: int)
 
 def modular_loss_and_accuracy(logits: Float[Tensor, "batch d_vocab"], labels: Tensor, p: int) -> tuple[Tensor, float]:
     """`modular_loss` and the accuracy of the argmax over the p answers."""
-    return modular_loss(logits, labels, p), float((logits[:, :p].argmax(-1) == labels).float().mean())
+    return modular_loss(logits, labels, p), modular_accuracy(logits, labels, p)
+
+
+def modular_accuracy(logits: Float[Tensor, "batch d_vocab"], labels: Tensor, p: int) -> float:
+    """The share of rows whose argmax over the p answers is the label."""
+    return float((logits[:, :p].argmax(-1) == labels).float().mean())
