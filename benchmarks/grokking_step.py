@@ -3,11 +3,12 @@
 The baseline follows the authors' progress-measures-paper code: the full model (einsum attention with an explicit
 causal pattern, ReLU MLP, unembedding) runs on all three positions of every training example, then the loss takes
 the last position. Both use the same weights, the same full batch (3830 pairs for p = 113) and the same AdamW, and
-are timed in alternating rounds in one process, with circuitlab's step also on one thread (`thread_scaling`) and
-as it was before session 11 (`gathered_qk_logits`), and with torch's own matrix products instead of the backend
-`circuitlab.model.matmul` chose (`CIRCUITLAB_MATMUL=torch`: MKL in the x86 wheels; oneDNN where it is chosen). Last, the step as the training
-loop runs it, with an evaluation of all p^2 pairs every 10 epochs, whose training-set forward is lent to the next
-step (`ModularAdditionTask.evaluate`) or not. Writes JSON to benchmarks/results/.
+are timed in alternating rounds in one process, with circuitlab's step also on one thread (`thread_scaling`), as it
+was before session 11 (`gathered_qk_logits`), with the MLP's ReLU as its own pass after the product (before session
+15), and with torch's own matrix products instead of the backend `circuitlab.model.matmul` chose
+(`CIRCUITLAB_MATMUL=torch`: MKL in the x86 wheels; oneDNN where it is chosen). Last, the step as the training loop
+runs it, with an evaluation of all p^2 pairs every 10 epochs whose training-set forward is lent to the next step
+(`ModularAdditionTask.evaluate`) or not. Writes JSON to benchmarks/results/.
 
     .venv/bin/python benchmarks/grokking_step.py [--rounds 5] [--steps 20]
 """
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 
 from circuitlab.data.modular import modular_addition
 from circuitlab.experiments.grokking import grokking_model
-from circuitlab.model import Transformer, matmul
+from circuitlab.model import Transformer, last_position, matmul
 from circuitlab.model.last_position import last_position_logits
 from circuitlab.model.matmul import linear
 from circuitlab.training.allocator import keep_freed_memory
@@ -197,7 +198,20 @@ def main() -> None:
         with matmul.forced("torch"):
             step(plain, opt_plain, lambda t: last_position_logits(plain, t))
 
+    unfused = Transformer(mcfg)  # with the MLP's ReLU as its own pass after the product (before session 15)
+    unfused.load_state_dict(ours.state_dict())
+    opt_unfused = make_optimizer(unfused, cfg)
+
+    def unfused_relu():
+        fused = last_position.linear_relu
+        last_position.linear_relu = lambda x, W, b: torch.relu(linear(x, W, b))
+        try:
+            step(unfused, opt_unfused, lambda t: last_position_logits(unfused, t))
+        finally:
+            last_position.linear_relu = fused
+
     contenders = {"circuitlab_last_position": lambda: step(ours, opt_ours, lambda t: last_position_logits(ours, t)),
+                  "circuitlab_last_position_relu_unfused": unfused_relu,
                   "circuitlab_last_position_torch_matmul": torch_matmul,
                   "paper_all_positions": lambda: step(paper, opt_paper, lambda t: paper(t)[:, -1]),
                   "circuitlab_last_position_1_thread": on_one_thread,
@@ -231,6 +245,7 @@ def main() -> None:
               "vs_torch_matmul": eps["circuitlab_last_position"] / eps["circuitlab_last_position_torch_matmul"],
               "fraction_of_peak": eps["circuitlab_last_position"] / floor,
               "vs_gathered_qk": eps["circuitlab_last_position"] / eps["gathered_qk_before_session_11"],
+              "vs_relu_unfused": eps["circuitlab_last_position"] / eps["circuitlab_last_position_relu_unfused"],
               "thread_scaling": {"1": eps["circuitlab_last_position_1_thread"], str(threads): eps["circuitlab_last_position"]},
               "machine": platform.processor() or platform.machine(), "cpu": matmul.cpu_name(), "threads": threads,
               "loop_with_evaluations": loop}
@@ -239,6 +254,8 @@ def main() -> None:
     print(f"speedup {ratio:.2f}x (median of {args.rounds} alternating rounds of {args.steps} full-batch steps)")
     print(f"score table vs gathered q and k (before): "
           f"{eps['circuitlab_last_position'] / eps['gathered_qk_before_session_11']:.2f}x")
+    print(f"ReLU fused into the product vs its own pass: "
+          f"{eps['circuitlab_last_position'] / eps['circuitlab_last_position_relu_unfused']:.2f}x")
     print(f"threads: {eps['circuitlab_last_position_1_thread']:.1f} epochs/s on 1, {eps['circuitlab_last_position']:.1f} "
           f"on {threads} ({eps['circuitlab_last_position'] / eps['circuitlab_last_position_1_thread']:.2f}x)")
     print(f"matmul backend {matmul.backend()} vs torch's own: "
