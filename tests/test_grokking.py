@@ -308,6 +308,11 @@ def test_an_evaluation_lends_its_training_forward_to_the_next_step_and_changes_n
     lent = task._kept[3]
     assert task.loss(net, task.batch(0)) is lent and task._kept is None  # taken once, then let go
     assert task.loss(net, task.batch(0)) is not lent
+    task.evaluate(net, 0)
+    lent = task._kept[3]
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a step under autocast computes its own, in bf16
+        assert task.loss(net, task.batch(0)) is not lent
+    assert task._kept is None
 
 
 def test_the_thread_count_check_tells_whether_a_switch_mid_run_changes_the_results(tmp_path):

@@ -19,8 +19,9 @@ def last_position_logits(model: Transformer, tokens: Tensor) -> Tensor:
     a score table: S[h, a, (i, b)] = (x_a W_Q^h) . (x_{i,b} W_K^h) / sqrt(d_head) with x_{i,b} = W_E[b] + W_pos[i],
     [H, V, T * V] for V tokens and T positions, and the values rows of the table x_{i,b} W_V. Each example gathers
     its T scores and values by token, so the attention's cost scales with the vocabulary, not the batch; the matmuls
-    left per example are W_O, the MLP and W_U, through `matmul.linear` (oneDNN where it is chosen: 1.4x the step on
-    one thread on session 13's AMD CPU, `benchmarks/grokking_step.py`)."""
+    left per example are W_O, the MLP (its ReLU inside the first product, `matmul.linear_relu`) and W_U, through
+    `matmul.linear` (oneDNN where it is chosen: 1.4x the step on one thread on session 13's AMD CPU,
+    `benchmarks/grokking_step.py`)."""
     cfg = model.cfg
     if cfg.n_layers != 1 or cfg.layer_norm or cfg.attn_bias or cfg.positional_embedding_type != "standard":
         raise ValueError("last_position_logits covers the grokking model: 1 layer, standard positions, no LN/biases")

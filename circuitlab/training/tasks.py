@@ -206,7 +206,7 @@ class ModularAdditionTask(Task):
         x, y = batch
         kept, self._kept = getattr(self, "_kept", None), None
         if (kept is not None and kept[0] is model and kept[1] is x and kept[2] == _versions(model)
-                and not torch.is_autocast_enabled("cpu")):
+                and not torch.is_autocast_enabled(x.device.type)):
             return kept[3]  # the loss `evaluate` computed on these very weights and inputs, with its graph
         return modular_loss(last_position_logits(model, x), y, self.p)  # the accuracy only at evaluations
 
@@ -215,8 +215,8 @@ class ModularAdditionTask(Task):
         `loss` needs (the same weights and inputs, full batch): called with gradients on, as the training loop
         calls it, it keeps that loss with its graph, and `loss` takes it while no parameter has changed since
         (their version counters; any in-place change, an optimizer step or a callback's, means recomputing). The
-        same kernels on the same inputs: the run's numbers are those of computing it twice, one forward less
-        per evaluation (1/3 of a step; `benchmarks/grokking_step.py` times the evaluation)."""
+        same kernels on the same inputs: the run's numbers are those of computing it twice, with one forward fewer
+        per evaluation (about a third of a step; `benchmarks/grokking_step.py` times the loop both ways)."""
         self._kept = None
         train = modular_loss(logits := last_position_logits(model, self.x_train), self.y_train, self.p)
         if train.requires_grad:
