@@ -150,10 +150,15 @@ class _OneDNNLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor):
         x, W = ctx.saved_tensors
-        gx = _dnn(g, W, None) if ctx.needs_input_grad[0] else None  # g W^T
-        gW = _weight_grad(x, g) if ctx.needs_input_grad[1] else None  # x^T g
-        gb = g.sum_to_size(ctx.b_shape) if ctx.needs_input_grad[2] else None
-        return gx, gW, gb
+        return _linear_grads(ctx, x, W, g)
+
+
+def _linear_grads(ctx, x: Tensor, W: Tensor, g: Tensor):
+    """(dL/dx, dL/dW, dL/db) of x @ W + b from g = dL/d(output), each where the autograd context needs it."""
+    gx = _dnn(g, W, None) if ctx.needs_input_grad[0] else None  # g W^T
+    gW = _weight_grad(x, g) if ctx.needs_input_grad[1] else None  # x^T g
+    gb = g.sum_to_size(ctx.b_shape) if ctx.needs_input_grad[2] else None
+    return gx, gW, gb
 
 
 class _OneDNNLinearReLU(torch.autograd.Function):
@@ -172,11 +177,7 @@ class _OneDNNLinearReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor):
         x, W, out = ctx.saved_tensors
-        g = torch.ops.aten.threshold_backward(g, out, 0)
-        gx = _dnn(g, W, None) if ctx.needs_input_grad[0] else None
-        gW = _weight_grad(x, g) if ctx.needs_input_grad[1] else None
-        gb = g.sum_to_size(ctx.b_shape) if ctx.needs_input_grad[2] else None
-        return gx, gW, gb
+        return _linear_grads(ctx, x, W, torch.ops.aten.threshold_backward(g, out, 0))
 
 
 def _onednn(x: Tensor) -> bool:
