@@ -119,6 +119,21 @@ def _seeds(n: int) -> int:
     return n
 
 
+def _float_noise(n: int, seeds: int) -> bool:
+    """Whether to run the float-noise check (`experiments/noise.py`); one clear line for a bad count."""
+    if n < 0:
+        raise CircuitlabError(f"--float-noise must be 0 (none) or more runs (got {n})")
+    if n and seeds > 1:
+        raise CircuitlabError("--float-noise and --seeds are one at a time: check float noise on one seed")
+    return n > 0
+
+
+def _print_noise(r, out: Path) -> None:
+    print_claims(r.claims)
+    console.print(f"{r.unstable} of {len(r.claims)} verdicts unstable over {len(r.runs)} runs (run 0 unperturbed); "
+                  f"wrote {Path(out) / 'float-noise.json'} (run k > 0 under {Path(out) / 'float-noise'})")
+
+
 def _launch(nproc: int) -> int:
     """`circuitlab train --nproc N ...` as `torchrun --nproc-per-node N --standalone -m circuitlab train ...`: the
     ranks' output passes through; torchrun's own failure report (a traceback) is replaced by the ranks' error line."""
@@ -446,6 +461,8 @@ def experiment_grokking(
     log_every: Optional[int] = typer.Option(None, help="Epochs between train/test loss rows."),
     device: Optional[str] = typer.Option(None),
     seeds: int = typer.Option(1, help="Seeds 0..N-1 (init and split); each claim reported as reproduced in k of N."),
+    float_noise: int = typer.Option(0, help="Also N runs with the initial weights moved one ulp (OUT/float-noise/k): "
+                                            "a claim whose verdict differs between the runs reads 'unstable'."),
 ):
     """Grokking modular addition (Nanda et al. 2023): train, find the Fourier algorithm, track the progress
     measures, detect the phases, ablate frequencies; writes OUT/results.json with the claims."""
@@ -460,6 +477,12 @@ def experiment_grokking(
                    n_heads=n_heads, d_head=d_head, d_mlp=d_mlp, checkpoint_every=checkpoint_every,
                    log_every=log_every, device=device)
     chosen = changed_preset(base, **given)
+    if _float_noise(float_noise, seeds):
+        from circuitlab.experiments.grokking import GrokkingResults
+        from circuitlab.experiments.noise import run_noise
+
+        _print_noise(run_noise("grokking", run_grokking_experiment, chosen, out, float_noise, GrokkingResults), out)
+        return
     if _seeds(seeds) > 1:
         from circuitlab.experiments.grokking import GrokkingResults
         from circuitlab.experiments.seeds import run_seeds
@@ -481,6 +504,8 @@ def experiment_induction(
     text: Optional[str] = typer.Option(None, help="Your own text instead of the embedded corpus: a file, a folder or a glob."),
     hf_dataset: Optional[str] = typer.Option(None, help="A Hugging Face dataset NAME[:SPLIT] (needs the network or a local folder)."),
     seeds: int = typer.Option(1, help="Seeds 0..N-1 (init and data order); each claim reported as reproduced in k of N."),
+    float_noise: int = typer.Option(0, help="Also N runs with the initial weights moved one ulp (OUT/float-noise/k): "
+                                            "a claim whose verdict differs between the runs reads 'unstable'."),
     max_tokens: Optional[int] = typer.Option(None, help="Cap on the plain models' tokens (they stop earlier once "
                                                         "their phase change has settled); default: the preset's."),
     device: str = typer.Option("cpu", help="cpu, cuda (the models spread over the visible GPUs, one per device at "
@@ -500,6 +525,16 @@ def experiment_induction(
     chosen = choose(PRESETS, preset, "induction preset")
     if max_tokens is not None:
         chosen = with_cap(chosen, max_tokens)
+    if _float_noise(float_noise, seeds):
+        from circuitlab.data import load_corpus
+        from circuitlab.experiments.induction import InductionResults
+        from circuitlab.experiments.noise import run_noise
+
+        r = run_noise("induction", lambda p, d: run_induction_experiment(p, d, workers=workers, corpus=corpus,
+                                                                         device=device),
+                      chosen, out, float_noise, InductionResults, load_corpus(**corpus).id)
+        _print_noise(r, out)
+        return
     if _seeds(seeds) > 1:
         from circuitlab.data import load_corpus
         from circuitlab.experiments.induction import InductionResults

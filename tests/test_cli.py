@@ -162,6 +162,29 @@ def test_experiment_induction_on_your_text_over_two_seeds(small_corpus_dir, tmp_
     assert json.loads((out / "runs" / "2L" / "run.json").read_text())["data"]["corpus"].startswith("text:")
 
 
+def test_experiment_induction_float_noise_check(small_corpus_dir, tmp_path, monkeypatch):
+    """`circuitlab experiment induction --float-noise 1` (tiny preset): run 1 trains every model from weights one
+    ulp away (same seed) under OUT/float-noise/1; every claim carries both runs' verdicts."""
+    from circuitlab.experiments import induction
+    from circuitlab.experiments.noise import NoiseResults
+    from tests.test_induction_experiment import TINY
+
+    monkeypatch.setitem(induction.PRESETS, "tiny", TINY)
+    out = tmp_path / "exp"
+    r = runner.invoke(app, ["experiment", "induction", "--preset", "tiny", "--out", str(out), "--text",
+                            str(small_corpus_dir), "--float-noise", "1", "--workers", "2"])
+    assert r.exit_code == 0, r.output
+    s = NoiseResults.load(out / "float-noise.json")
+    assert s.runs == [0, 1] and all(len(c.verdicts) == 2 for c in s.claims) and "verdicts unstable" in r.output
+    for name in ("1L", "2L"):
+        m = json.loads((out / "float-noise" / "1" / "runs" / name / "run.json").read_text())["model"]
+        assert (m["init_noise"], m["seed"]) == (1, 0)
+        assert json.loads((out / "runs" / name / "run.json").read_text())["model"]["init_noise"] == 0
+    for task in ("pattern", "translation"):  # the behaviours' task models too
+        assert json.loads((out / "float-noise" / "1" / "tasks" / task / "run.json").read_text())["model"][
+            "init_noise"] == 1
+
+
 @pytest.mark.parametrize("flags, words", [
     (["--lr", "nan"], "lr must be a finite number"), (["--lr", "inf"], "lr must be a finite number"),
     (["--weight-decay", "nan"], "weight_decay must be"), (["--grad-clip", "nan"], "grad_clip must be"),

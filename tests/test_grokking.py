@@ -428,6 +428,19 @@ def test_grokking_in_its_own_process_fails_in_one_line(tmp_path):
     assert (tmp_path / "g" / "run").read_text() == "not a folder"  # nothing lost
 
 
+def _tiny_grokking_cli(out, *flags: str) -> list[str]:
+    """`circuitlab experiment grokking` on a p-13 model of 20 epochs with `flags`, run to success; its arguments."""
+    from typer.testing import CliRunner
+
+    from circuitlab.cli import app
+
+    args = ["experiment", "grokking", "--out", str(out), "--p", "13", "--frac", "0.5", "--epochs", "20",
+            "--d-model", "16", "--n-heads", "2", "--d-head", "8", "--d-mlp", "32", "--checkpoint-every", "10", *flags]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    return args
+
+
 def test_grokking_over_two_seeds_reports_k_of_n(tmp_path):
     from typer.testing import CliRunner
 
@@ -435,14 +448,32 @@ def test_grokking_over_two_seeds_reports_k_of_n(tmp_path):
     from circuitlab.experiments.seeds import SeedResults
 
     out = tmp_path / "g"
-    args = ["experiment", "grokking", "--out", str(out), "--p", "13", "--frac", "0.5", "--epochs", "20",
-            "--d-model", "16", "--n-heads", "2", "--d-head", "8", "--d-mlp", "32", "--checkpoint-every", "10",
-            "--seeds", "2"]
-    r = CliRunner().invoke(app, args)
-    assert r.exit_code == 0, r.output
+    args = _tiny_grokking_cli(out, "--seeds", "2")
     s = SeedResults.load(out / "seeds.json")
     assert s.seeds == [0, 1] and (out / "results.json").exists() and (out / "seeds" / "1" / "results.json").exists()
     one = json.loads((out / "seeds" / "1" / "run" / "run.json").read_text())
     assert one["task"]["seed"] == 1 and one["model"]["seed"] == 1 and one["train"]["seed"] == 1
     assert len(s.claims) == 12 and all(c.seeds == 2 and len(c.verdicts) == 2 for c in s.claims)
     assert CliRunner().invoke(app, [*args[:-1], "0"]).exit_code == 2
+
+
+def test_grokking_float_noise_check_trains_a_perturbed_run_and_reports_each_verdict_over_both(tmp_path):
+    """`--float-noise 1`: run 1 trains from the initial weights moved one ulp (its run.json says so) and ends on
+    other weights; each claim carries both runs' verdicts, 'unstable' where they differ."""
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from circuitlab.cli import app
+    from circuitlab.experiments.noise import NoiseResults
+
+    out = tmp_path / "g"
+    args = _tiny_grokking_cli(out, "--float-noise", "1")
+    s = NoiseResults.load(out / "float-noise.json")
+    assert s.runs == [0, 1] and len(s.claims) == 12 and all(len(c.verdicts) == 2 for c in s.claims)
+    assert all(c.verdict == c.verdicts[0] if len(set(c.verdicts)) == 1 else c.verdict.startswith("unstable")
+               for c in s.claims)
+    runs = [out / "run", out / "float-noise" / "1" / "run"]
+    assert [json.loads((d / "run.json").read_text())["model"]["init_noise"] for d in runs] == [0, 1]
+    ends = [load_file(d / "checkpoints" / "step-000000020.safetensors") for d in runs]
+    assert ends[0].keys() == ends[1].keys() and not all(torch.equal(ends[0][k], ends[1][k]) for k in ends[0])
+    assert CliRunner().invoke(app, [*args[:-1], "-1"]).exit_code == 2

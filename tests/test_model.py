@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from transformer_lens import ActivationCache, FactoredMatrix
@@ -156,6 +158,31 @@ def test_init_is_seeded_and_nanda_init_scales():
     m = Transformer(ModelConfig(n_layers=1, d_model=128, n_heads=4, d_head=32, d_vocab=114, n_ctx=3, d_mlp=512, init="nanda"))
     assert abs(m.W_E.std().item() - 128**-0.5) < 0.01
     assert abs(m.W_U.std().item() - 114**-0.5) < 0.01
+
+
+@pytest.mark.parametrize("init", ["gpt2", "nanda"])
+def test_init_noise_moves_every_random_weight_one_ulp_and_nothing_else(init):
+    """The float-noise check's perturbation (`init_noise`): each randomly initialised weight one unit in the last
+    place up or down, signs drawn from the noise seed; biases, LayerNorm weights and the init draws untouched."""
+    cfg = dict(n_layers=1, d_model=32, n_heads=2, d_head=16, n_ctx=8, d_vocab=40, d_mlp=64, layer_norm=True,
+               attn_bias=True, init=init, seed=5)
+    base, a, a2, b = (Transformer(ModelConfig(**cfg, init_noise=k)) for k in (0, 1, 1, 2))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), a2.parameters()))  # seeded
+    assert torch.equal(base.W_E, Transformer(ModelConfig(**cfg)).W_E)  # 0: no noise
+    moved = 0
+    for (name, p0), pa, pb in zip(base.named_parameters(), a.parameters(), b.parameters()):
+        if name.endswith((".b", "b_Q", "b_K", "b_V", "b_O", "b_in", "b_out", ".w")):
+            assert torch.equal(p0, pa), name
+            continue
+        up = torch.nextafter(p0, torch.tensor(math.inf))
+        down = torch.nextafter(p0, torch.tensor(-math.inf))
+        assert bool(((pa == up) | (pa == down)).all()), name  # exactly one ulp, each weight
+        moved += p0.numel()
+        assert 0.4 < (pa == up).float().mean().item() < 0.6, name  # both directions
+        assert not torch.equal(pa, pb), name  # another noise seed, other signs
+    assert moved > 5000
+    with pytest.raises(CircuitlabError, match="init_noise"):
+        ModelConfig(init_noise=-1)
 
 
 def test_bad_configs_and_presets_give_one_line_errors():

@@ -270,3 +270,27 @@ def test_tampered_results_are_escaped_or_refused_in_one_line(results_dir, tmp_pa
     (d / "grokking" / "results.json").write_text(json.dumps(g))
     with pytest.raises(CircuitlabError, match="damaged or from another version"):
         build_report(d)
+
+
+def test_report_shows_the_float_noise_check_and_ignores_a_stale_one(results_dir, tmp_path):
+    """STAGE/float-noise.json (`circuitlab experiment grokking --float-noise N`) puts each claim over the runs in the
+    claims table, a flipped one as 'unstable'; one made from an earlier run 0 (other verdicts) is not used."""
+    from circuitlab.experiments.claims import Claim
+    from circuitlab.experiments.noise import NoiseResults, stability
+    from circuitlab.experiments.seeds import aggregate
+
+    d = tmp_path / "r"
+    shutil.copytree(results_dir, d)
+    own = GrokkingResults.load(d / "grokking" / "results.json").claims
+    flip = {"reproduced": "not reproduced", "not reproduced": "reproduced"}
+    i = next(i for i, c in enumerate(own) if c.verdict in flip)
+    other = [Claim(c.paper, c.claim, c.expected, c.measured, flip[c.verdict] if j == i else c.verdict, c.section)
+             for j, c in enumerate(own)]
+    noise = NoiseResults("grokking", "paper", [0, 1], ["a", "b"], aggregate([own, other], stability), 1)
+    noise.save(d / "grokking" / "float-noise.json")
+    text = build_report(d).read_text()
+    assert "unstable: reproduced in 1 of 2 runs" in text and "1 unstable" in text  # one of the two reproduces it
+    stale = NoiseResults("grokking", "paper", [0, 1], ["a", "b"], aggregate([other, other], stability), 0)
+    stale.save(d / "grokking" / "float-noise.json")
+    text = build_report(d).read_text()
+    assert "unstable: reproduced" not in text and "1 unstable" not in text

@@ -85,6 +85,48 @@ def test_saved_configs_with_unknown_fields_are_refused():
             cls.from_dict({**d, "from_the_future": 1})
 
 
+def test_a_verdict_that_float_noise_flips_is_unstable(tmp_path):
+    """The float-noise check (`experiments/noise.py`): runs that agree keep their verdict; runs that disagree make
+    it 'unstable', not a result; run k > 0 gets `init_noise` k in every model, run 0 the preset itself."""
+    from circuitlab.experiments.claims import Claim
+    from circuitlab.experiments.noise import NoiseResults, run_noise, stability, with_noise
+    from circuitlab.experiments.seeds import SeedClaim
+    from circuitlab.training.presets import ExperimentPreset, Preset
+
+    assert stability(["reproduced"] * 3) == "reproduced" and stability(["differs"] * 2) == "differs"
+    assert stability(["not reproduced"] * 2) == "not reproduced"
+    assert stability(["reproduced", "not reproduced", "reproduced"]) == "unstable: reproduced in 2 of 3 runs"
+    preset = ExperimentPreset("quick", {"m": Preset("m", {"seed": 0}), "n": Preset("n", {"seed": 1})})
+    assert with_noise(preset, 0) is preset
+    assert [p.model["init_noise"] for p in with_noise(preset, 2).models.values()] == [2, 2]
+    assert with_noise(preset, 2).settings["init_noise"] == 2 and "init_noise" not in preset.settings
+    seen = []
+
+    class Ran:  # a planted experiment: its first claim's value sits on the threshold, so noise decides it
+        def __init__(self, noise):
+            value = 0.70 + (0.01 if noise % 2 == 0 else -0.01)
+            self.claims = [Claim("P", "near its threshold", ">= 0.70", f"{value:.2f}", "reproduced" if value >= 0.7
+                                 else "not reproduced"), Claim("P", "far from it", ">= 0.70", "0.95", "reproduced")]
+
+    def run(p, d):
+        seen.append((d, p.models["m"].model.get("init_noise", 0)))
+        return Ran(seen[-1][1])
+
+    r = run_noise("planted", run, preset, tmp_path, 2)
+    assert seen == [(tmp_path, 0), (tmp_path / "float-noise" / "1", 1), (tmp_path / "float-noise" / "2", 2)]
+    near, far = r.claims
+    assert near.verdict == "unstable: reproduced in 2 of 3 runs" and near.measured == "0.69…0.71"
+    assert far.verdict == "reproduced" and r.unstable == 1 and r.runs == [0, 1, 2]
+    from circuitlab.experiments.seeds import spread
+
+    assert spread(["window none", "window 1.0M"], "run") == "run 0: window none | run 1: window 1.0M"
+    saved = NoiseResults.load(tmp_path / "float-noise.json")
+    assert isinstance(saved.claims[0], SeedClaim) and saved.claims[0].verdicts == ["reproduced", "not reproduced",
+                                                                                    "reproduced"]
+    with pytest.raises(CircuitlabError, match="at least 1"):
+        run_noise("planted", run, preset, tmp_path, 0)
+
+
 def test_claims_over_seeds_give_k_of_n_and_the_spread_of_every_number():
     from circuitlab.experiments.claims import Claim
     from circuitlab.experiments.seeds import aggregate, spread

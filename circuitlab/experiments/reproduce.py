@@ -183,6 +183,20 @@ def _other_seeds(stage: Path, seeds: int | None) -> list[dict]:
     return [_read(d / "results.json") for d in dirs if (d / "results.json").exists()]
 
 
+def _with_float_noise(stage: Path, results: dict) -> dict:
+    """The stage's claims over its float-noise runs (STAGE/float-noise.json, `experiments/noise.py`: a verdict that
+    differs between them reads 'unstable') when that file is of these results (its run 0's verdicts are theirs),
+    else the results' own."""
+    f = stage / "float-noise.json"
+    if not f.exists():
+        return results
+    noise = _read(f)
+    own = [(c["claim"], c["verdict"]) for c in results.get("claims", [])]
+    if [(c["claim"], c["verdicts"][0]) for c in noise.get("claims", [])] != own:
+        return results  # made from an earlier run 0: stale
+    return noise
+
+
 def build_report(out_dir: Path | str, path: Path | str | None = None, seeds: int | None = None) -> Path:
     """Write the report (default DIR/report.html) from the results `reproduce` left in DIR; returns its path.
     Sections read the results in their JSON form (seed 0's); the claims are the ones each experiment saved, over
@@ -193,11 +207,11 @@ def build_report(out_dir: Path | str, path: Path | str | None = None, seeds: int
                if (f := out / k / "results.json").exists()}
     if not analyses and not results:
         raise CircuitlabError(f"{out} has no results to report: run `circuitlab reproduce --out {out}` first")
-    # over several seeds, each claim as reproduced in k of N seeds
+    # over several seeds, each claim as reproduced in k of N seeds; else over the float-noise check's runs
     claims = [{"experiment": k, **c}
               for k, r in results.items()
               for c in (_read(out / k / "seeds.json") if (out / k / "seeds.json").exists() and (seeds or 2) > 1
-                        else r).get("claims", [])]
+                        else _with_float_noise(out / k, r)).get("claims", [])]
     try:
         return _build(out, analyses, results, claims, seeds, path)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:

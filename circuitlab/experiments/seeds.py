@@ -74,13 +74,14 @@ def _number(s: str) -> float:
     return float(s.replace(",", "").replace("−", "-"))
 
 
-def spread(texts: list[str]) -> str:
-    """One text for the seeds' measured texts, each number replaced by its range over the seeds."""
+def spread(texts: list[str], label: str = "seed") -> str:
+    """One text for the seeds' measured texts, each number replaced by its range over the seeds (where the texts
+    differ in more than their numbers, each listed as "LABEL k: text")."""
     if len(set(texts)) == 1:
         return texts[0]
     templates = [NUMBER.split(t) for t in texts]
     if any(tp != templates[0] for tp in templates):
-        return " | ".join(f"seed {i}: {t}" for i, t in enumerate(texts))
+        return " | ".join(f"{label} {i}: {t}" for i, t in enumerate(texts))
     columns = zip(*(NUMBER.findall(t) for t in texts))
     parts = []
     for column in columns:
@@ -93,8 +94,9 @@ def spread(texts: list[str]) -> str:
     return out
 
 
-def aggregate(per_seed: list[list[Claim]]) -> list[SeedClaim]:
-    """Claims of N seeds (the same claims in the same order in each) -> one SeedClaim each."""
+def aggregate(per_seed: list[list[Claim]], combine=overall, label: str = "seed") -> list[SeedClaim]:
+    """Claims of N seeds (the same claims in the same order in each) -> one SeedClaim each, its verdict
+    `combine(verdicts)` (`overall`; the float-noise check's runs: `noise.stability`, label "run")."""
     if len({len(c) for c in per_seed}) != 1 or any([c.claim for c in cs] != [c.claim for c in per_seed[0]]
                                                      for cs in per_seed):
         raise ValueError("the seeds' claims differ: they cannot be aggregated")
@@ -102,8 +104,8 @@ def aggregate(per_seed: list[list[Claim]]) -> list[SeedClaim]:
     for claims in zip(*per_seed):
         first = claims[0]
         verdicts = [c.verdict for c in claims]
-        out.append(SeedClaim(first.paper, first.claim, first.expected, spread([c.measured for c in claims]),
-                             overall(verdicts), verdicts, sum(v == "reproduced" for v in verdicts), len(claims),
+        out.append(SeedClaim(first.paper, first.claim, first.expected, spread([c.measured for c in claims], label),
+                             combine(verdicts), verdicts, sum(v == "reproduced" for v in verdicts), len(claims),
                              first.section))
     return out
 

@@ -31,6 +31,9 @@ class ModelConfig:
     d_mlp: 0 means attention-only.
     init: "gpt2" = N(0, 0.8/sqrt(d_model)) for every matrix (TransformerLens's default);
         "nanda" = the grokking paper's init (W_E ~ N(0,1)/sqrt(d_model), W_U /sqrt(d_vocab), the rest /sqrt(d_model)).
+    init_noise: 0 = none. k > 0 moves every randomly initialised weight one unit in the last place, up or down (the
+        signs drawn from seed k), after the init above: float noise the size of one rounding, which training
+        amplifies as a change of summation order would (the float-noise check, `experiments/noise.py`).
     """
 
     n_layers: int = 2
@@ -48,6 +51,7 @@ class ModelConfig:
     init: InitMode = "gpt2"
     seed: int = 0
     eps: float = 1e-5
+    init_noise: int = 0
 
     # --- TransformerLens-compatible read-only views (ActivationCache and TL-style analyses look for these) ---
     @property
@@ -84,6 +88,8 @@ class ModelConfig:
             )
         if self.layer_norm and self.final_norm:
             problems.append("final_norm is part of layer_norm (its final LayerNorm has weights): set one of them")
+        if self.init_noise < 0:
+            problems.append(f"init_noise must be >= 0 (got {self.init_noise}); 0 means none")
         if self.init not in ("gpt2", "nanda"):
             problems.append(f"init must be 'gpt2' or 'nanda' (got {self.init!r})")
         if problems:

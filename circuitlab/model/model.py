@@ -212,16 +212,22 @@ class Transformer(HookedRootModule):
     def init_weights(self) -> None:
         cfg = self.cfg
         g = torch.Generator().manual_seed(cfg.seed)
+        noise = torch.Generator().manual_seed(cfg.init_noise)
         for name, p in self.named_parameters():
             if name.endswith(("b_Q", "b_K", "b_V", "b_O", "b_in", "b_out", ".b", "smear_alpha")):
                 p.zero_()
             elif name.endswith(".w"):
                 p.fill_(1.0)
-            elif cfg.init == "gpt2":
-                p.copy_(torch.randn(p.shape, generator=g) * (0.8 / math.sqrt(cfg.d_model)))
-            else:  # "nanda": Nanda et al. (2023), progress-measures-paper's init
-                scale = math.sqrt(cfg.d_vocab) if name == "W_U" else math.sqrt(cfg.d_model)
-                p.copy_(torch.randn(p.shape, generator=g) / scale)
+            else:
+                if cfg.init == "gpt2":
+                    p.copy_(torch.randn(p.shape, generator=g) * (0.8 / math.sqrt(cfg.d_model)))
+                else:  # "nanda": Nanda et al. (2023), progress-measures-paper's init
+                    scale = math.sqrt(cfg.d_vocab) if name == "W_U" else math.sqrt(cfg.d_model)
+                    p.copy_(torch.randn(p.shape, generator=g) / scale)
+                if cfg.init_noise:  # one ulp up or down per weight, from its own generator: the init draws unchanged
+                    up = torch.rand(p.shape, generator=noise) < 0.5
+                    p.copy_(torch.where(up, torch.nextafter(p, p.new_tensor(math.inf)),
+                                        torch.nextafter(p, p.new_tensor(-math.inf))))
 
     # ------------------------------------------------------------------ forward
     def has_active_hooks(self) -> bool:

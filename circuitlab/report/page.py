@@ -63,8 +63,9 @@ def claims_table(claims: list[dict]) -> str:
         v = c["verdict"]
         link = f'<a href="#{esc(c["section"])}">{esc(c["section"])}</a>' if c.get("section") else ""
         rows.append([esc(c["experiment"]), esc(c["paper"]), esc(c["claim"]), esc(c["expected"]), esc(c["measured"]),
-                     f'<span class="verdict {esc(v.replace(" ", "-"))}">{esc(v)}</span>', link])
+                     f'<span class="verdict {esc(v.split(":")[0].replace(" ", "-"))}">{esc(v)}</span>', link])
     counts = {v: sum(c["verdict"] == v for c in claims) for v in ("reproduced", "not reproduced", "differs")}
+    counts["unstable"] = sum(c["verdict"].startswith("unstable") for c in claims)  # the float-noise check's
     summary = ", ".join(f"{n} {v}" for v, n in counts.items() if n)
     return f"<p>{len(claims)} claims: {esc(summary)}.</p>" + table(
         ["experiment", "paper", "claim", "expected", "measured", "verdict", "section"], rows, "claims")
@@ -105,7 +106,7 @@ h1{margin-top:24px} section{border-top:1px solid #ddd;padding-top:8px;margin-top
 table{border-collapse:collapse;font-size:13px;margin:8px 0} td,th{border:1px solid #ddd;padding:3px 6px;vertical-align:top}
 th{background:#f4f4f4} code{background:#f6f6f6;padding:0 2px;white-space:pre}
 .verdict{padding:1px 6px;border-radius:3px;white-space:nowrap} .reproduced{background:#d9f2d9}
-.not-reproduced{background:#f8d7d7} .differs{background:#fff1c2}
+.not-reproduced{background:#f8d7d7} .differs{background:#fff1c2} .unstable{background:#e4d9f4}
 .grid{display:grid;grid-template-columns:1fr 1fr;gap:8px} .grid3{display:grid;grid-template-columns:1fr 1fr 1fr;gap:8px}
 .plot{min-height:300px} .tall{height:640px} button{margin:2px;padding:2px 8px;cursor:pointer}
 button.active{background:#333;color:#fff}

@@ -66,12 +66,13 @@ def analyze_ablations(run: Run, rows: list[Measurement], windows: torch.Tensor, 
     return Ablations(group, series, full)
 
 
-def task_models(task_steps: int) -> dict[str, tuple]:
-    """The behaviours' small models on the synthetic tasks: {task name: (task, ModelConfig, training steps)}."""
+def task_models(task_steps: int, init_noise: int = 0) -> dict[str, tuple]:
+    """The behaviours' small models on the synthetic tasks: {task name: (task, ModelConfig, training steps)}.
+    init_noise: the float-noise check's run (`experiments/noise.py`; the preset's settings["init_noise"])."""
     from circuitlab.data.synthetic import pattern_task, translation_task
     from circuitlab.model import ModelConfig
 
-    small = dict(n_layers=2, d_model=64, n_heads=4, d_head=16)
+    small = dict(n_layers=2, d_model=64, n_heads=4, d_head=16, init_noise=init_noise)
     translation, pattern = translation_task(), pattern_task()
     return {"translation": (translation, ModelConfig(**small, n_ctx=translation.n_ctx, d_vocab=translation.d_vocab),
                             task_steps),
@@ -93,7 +94,7 @@ def train_task_model(out: Path, task, model_cfg, steps: int):
     return run.model(), TaskTraining(str(run_dir), run.checkpoints[-1], run.metrics)
 
 
-def behaviours(out: Path, run: Run, head: Head | None, task_steps: int) -> Behaviours:
+def behaviours(out: Path, run: Run, head: Head | None, task_steps: int, init_noise: int = 0) -> Behaviours:
     from circuitlab.induction.behaviours import copying_behaviour, pattern_behaviour, translation_behaviour
 
     copying, skipped = None, "no induction head to examine"
@@ -102,7 +103,7 @@ def behaviours(out: Path, run: Run, head: Head | None, task_steps: int) -> Behav
             copying, skipped = copying_behaviour(run.model(), run.tokenizer, COPYING_PASSAGE, COPYING_NAME, head), None
         except ValueError as e:  # the passage does not fit a tiny context
             skipped = str(e)
-    tasks = task_models(task_steps)
+    tasks = task_models(task_steps, init_noise)
     task, cfg, steps = tasks["translation"]
     model, t_info = train_task_model(out, task, cfg, steps)
     translation = translation_behaviour(model, task)
@@ -181,7 +182,7 @@ def analyze_induction(preset: ExperimentPreset, out: Path) -> InductionResults:
     lap("ablations_over_checkpoints")
     final_induction = torch.tensor(r2[-1].induction)
     head = max(group, key=lambda hd: float(final_induction[hd])) if group else None
-    behaved = behaviours(out, runs[main], head, preset.settings["task_steps"])
+    behaved = behaviours(out, runs[main], head, preset.settings["task_steps"], preset.settings.get("init_noise", 0))
     lap("behaviours")
     viewer = attention_viewer(runs[main], probe["windows"], COPYING_PASSAGE)
     lap("attention_viewer")
