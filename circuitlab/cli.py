@@ -410,6 +410,8 @@ def reproduce(
     hf_dataset: Optional[str] = typer.Option(None, help="A Hugging Face dataset NAME[:SPLIT] for the language models."),
     seeds: int = typer.Option(1, help="Seeds per experiment: each claim is reported as reproduced in k of N seeds."),
     overlap: Optional[bool] = typer.Option(None, "--overlap/--no-overlap", help="Train the grokking model in its own process beside the induction and circuits stages (default: on 2+ free cores, one seed, where its step is thread-invariant)."),
+    float_noise: int = typer.Option(0, help="Also N runs of the stages that train from initial weights one ulp away "
+                                            "(STAGE/float-noise/k): a claim whose verdict differs reads 'unstable'."),
 ):
     """Every experiment (circuits, induction heads, grokking), then OUT/report.html. Re-running reuses finished
     stages (on the same corpus) and resumes interrupted training."""
@@ -419,14 +421,16 @@ def reproduce(
     out = out or Path(f"runs/reproduce-{preset}")
     t0 = time.perf_counter()
     summary = run_all(preset, out, log=lambda s: console.print(f"[bold]{s}[/]", highlight=False),
-                      corpus=_given(text=text, hf_dataset=hf_dataset), seeds=seeds, overlap=overlap)
-    t = new_table(f"circuitlab reproduce --preset {preset}" + (f" --seeds {seeds}" if seeds > 1 else ""),
-                  ["stage", "status", "seconds", "claims", "reproduced", "not reproduced", "differs",
-                   *(["in some seeds"] if seeds > 1 else [])])
+                      corpus=_given(text=text, hf_dataset=hf_dataset), seeds=seeds, overlap=overlap,
+                      float_noise=float_noise)
+    extra = ["in some seeds"] if seeds > 1 else ["unstable"] if float_noise else []
+    t = new_table(f"circuitlab reproduce --preset {preset}" + (f" --seeds {seeds}" if seeds > 1 else "")
+                  + (f" --float-noise {float_noise}" if float_noise else ""),
+                  ["stage", "status", "seconds", "claims", "reproduced", "not reproduced", "differs", *extra])
     for name, s in summary.items():
         c = s.claims
         t.add_row(name, s.status, f"{s.seconds:.0f}", str(c["total"]), str(c["reproduced"]), str(c["not reproduced"]),
-                  str(c["differs"]), *([str(c["in some seeds"])] if seeds > 1 else []))
+                  str(c["differs"]), *[str(c[e]) for e in extra])
     console.print(t)
     console.print(f"total {time.perf_counter() - t0:.0f} s; report: {out / 'report.html'}", highlight=False)
 
@@ -481,7 +485,7 @@ def experiment_grokking(
         from circuitlab.experiments.grokking import GrokkingResults
         from circuitlab.experiments.noise import run_noise
 
-        _print_noise(run_noise("grokking", run_grokking_experiment, chosen, out, float_noise, GrokkingResults), out)
+        _print_noise(run_noise("grokking", lambda p, d, k: run_grokking_experiment(p, d), chosen, out, float_noise, GrokkingResults), out)
         return
     if _seeds(seeds) > 1:
         from circuitlab.experiments.grokking import GrokkingResults
@@ -530,7 +534,7 @@ def experiment_induction(
         from circuitlab.experiments.induction import InductionResults
         from circuitlab.experiments.noise import run_noise
 
-        r = run_noise("induction", lambda p, d: run_induction_experiment(p, d, workers=workers, corpus=corpus,
+        r = run_noise("induction", lambda p, d, k: run_induction_experiment(p, d, workers=workers, corpus=corpus,
                                                                          device=device),
                       chosen, out, float_noise, InductionResults, load_corpus(**corpus).id)
         _print_noise(r, out)

@@ -142,6 +142,11 @@ def test_experiment_induction_takes_a_corpus_and_says_what_is_wrong_with_it(tmp_
         assert not (tmp_path / "exp").exists()
     r = runner.invoke(app, ["reproduce", "--out", str(tmp_path / "rep"), "--text", str(tmp_path / "missing")])
     assert r.exit_code == 2 and "no files match" in r.output
+    for args, words in ((["--float-noise", "-1"], "--float-noise must be 0"),
+                        (["--float-noise", "1", "--seeds", "2"], "one at a time")):
+        r = runner.invoke(app, ["reproduce", "--out", str(tmp_path / "rep"), *args])
+        assert r.exit_code == 2 and words in r.output and "Traceback" not in r.output, r.output
+        assert not (tmp_path / "rep").exists()
 
 
 def test_experiment_induction_on_your_text_over_two_seeds(small_corpus_dir, tmp_path, monkeypatch):
@@ -160,6 +165,11 @@ def test_experiment_induction_on_your_text_over_two_seeds(small_corpus_dir, tmp_
     assert s.seeds == [0, 1] and all(c.seeds == 2 for c in s.claims) and "Claims" in r.output
     assert json.loads((out / "seeds" / "1" / "runs" / "2L" / "run.json").read_text())["model"]["seed"] == 1
     assert json.loads((out / "runs" / "2L" / "run.json").read_text())["data"]["corpus"].startswith("text:")
+    for task in ("pattern", "translation"):  # the behaviours' task models draw their init and batches from it too
+        seed1 = json.loads((out / "seeds" / "1" / "tasks" / task / "run.json").read_text())
+        seed0 = json.loads((out / "tasks" / task / "run.json").read_text())
+        assert (seed1["model"]["seed"], seed1["train"]["seed"]) == (1, 1)
+        assert (seed0["model"]["seed"], seed0["train"]["seed"]) == (0, 0)
 
 
 def test_experiment_induction_float_noise_check(small_corpus_dir, tmp_path, monkeypatch):

@@ -211,6 +211,25 @@ def test_reproduce_runs_every_stage_then_reuses_them(small_corpus_dir, tiny_gpt2
     assert [s.status for s in second.values()] == ["reused"] * 4 + ["ran"]
     assert {p.name: p.stat().st_mtime_ns for p in ckpts.iterdir()} == mtimes
     assert {k: v.claims for k, v in second.items()} == {k: v.claims for k, v in first.items()}
+    # --float-noise 1: the stages that train run once more from weights one ulp away, run 0 reused as it is; run 1's
+    # circuits read run 1's induction models; IOI (a pretrained model) runs once
+    from circuitlab.experiments.noise import NoiseResults
+
+    noisy = reproduce.reproduce("tiny", out, progress=False, log=lines.append, corpus=corpus, float_noise=1)
+    assert {p.name: p.stat().st_mtime_ns for p in ckpts.iterdir()} == mtimes
+    for stage in ("induction", "circuits", "grokking"):
+        s = NoiseResults.load(out / stage / "float-noise.json")
+        assert s.runs == [0, 1] and all(len(c.verdicts) == 2 for c in s.claims), stage
+    assert not (out / "ioi" / "float-noise").exists()
+    run1 = out / "circuits" / "float-noise" / "1"
+    assert ModelAnalysis.load(run1 / "attn1" / "analysis.json").run == str(out / "induction" / "float-noise" / "1" /
+                                                                            "runs" / "1L")
+    assert json.loads((run1 / "attn0" / "run" / "run.json").read_text())["model"]["init_noise"] == 1
+    assert json.loads((out / "grokking" / "float-noise" / "1" / "run" / "run.json").read_text())["model"][
+        "init_noise"] == 1
+    assert sum(v.claims["total"] for v in noisy.values()) == sum(v.claims["total"] for v in first.values())
+    with pytest.raises(Exception, match="one at a time"):
+        reproduce.reproduce("tiny", out, seeds=2, float_noise=1)
     with pytest.raises(Exception, match="unknown preset"):
         reproduce.reproduce("nope", out)
 

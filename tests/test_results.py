@@ -108,8 +108,9 @@ def test_a_verdict_that_float_noise_flips_is_unstable(tmp_path):
             self.claims = [Claim("P", "near its threshold", ">= 0.70", f"{value:.2f}", "reproduced" if value >= 0.7
                                  else "not reproduced"), Claim("P", "far from it", ">= 0.70", "0.95", "reproduced")]
 
-    def run(p, d):
+    def run(p, d, k):
         seen.append((d, p.models["m"].model.get("init_noise", 0)))
+        assert k == seen[-1][1]
         return Ran(seen[-1][1])
 
     r = run_noise("planted", run, preset, tmp_path, 2)

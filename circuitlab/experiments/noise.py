@@ -63,7 +63,7 @@ def with_noise(preset: ExperimentPreset, k: int) -> ExperimentPreset:
 
 def run_noise(experiment: str, run, preset: ExperimentPreset, out: Path | str, n: int, results_cls=None,
               corpus_id: str | None = None) -> NoiseResults:
-    """Run `run(preset_for_k, dir)` for k = 0..n (0 unperturbed, reusing any finished run there with the same preset
+    """Run `run(preset_for_k, dir, k)` for k = 0..n (0 unperturbed, reusing any finished run there with the same preset
     and corpus), combine each claim's verdicts by `stability`, write OUT/float-noise.json."""
     if n < 1:
         raise CircuitlabError(f"--float-noise must be at least 1 (got {n})")
@@ -71,7 +71,7 @@ def run_noise(experiment: str, run, preset: ExperimentPreset, out: Path | str, n
     results = []
     for k, d in enumerate(dirs):
         saved = finished(results_cls, d / "results.json", preset.name, corpus_id) if results_cls else None
-        results.append(saved or run(with_noise(preset, k), d))
+        results.append(saved or run(with_noise(preset, k), d, k))
     claims = aggregate([r.claims for r in results], stability, "run")
     summary = NoiseResults(experiment, preset.name, list(range(n + 1)), [str(d) for d in dirs], claims,
                            sum(c.verdict.startswith(UNSTABLE) for c in claims))

@@ -9,6 +9,10 @@ them; each stage reuses what a finished earlier call left in OUT and resumes wha
 4. IOI: the indirect-object circuit of a pretrained model, offline by default (`experiments.ioi`);
 5. the report: OUT/report.html, one section per experiment (`build_report`).
 
+`--seeds N` runs stages 1-4 for seeds 0..N-1; `--float-noise N` runs stages 1-3, the ones that train, N more times
+from initial weights one ulp away (`experiments.noise`; the circuits of run k read induction's run k; IOI's
+pretrained model has no initialisation to perturb), and the report calls a claim whose verdict differs "unstable".
+
 Adding a paper: a folder under experiments/ with its presets, run, results, claims, tables and report section,
 then one stage here and one entry in SECTIONS.
 """
@@ -34,6 +38,7 @@ from circuitlab.experiments.grokking.run import thread_invariant
 from circuitlab.experiments.induction.presets import shared_model_settings
 from circuitlab.experiments.induction.report import induction_sections
 from circuitlab.experiments.ioi.report import ioi_sections
+from circuitlab.experiments.noise import UNSTABLE, noise_dir, run_noise
 from circuitlab.experiments.seeds import finished, run_seeds, seed_dir
 from circuitlab.report.page import Page, claims_table, viewer_section, write_page
 from circuitlab.results import Result, atomic_write_text
@@ -58,14 +63,19 @@ class StageSummary(Result):
 
 
 def reproduce(preset: str, out: Path | str, progress: bool = True, log=print, corpus: dict | None = None,
-              seeds: int = 1, overlap: bool | None = None) -> dict[str, StageSummary]:
+              seeds: int = 1, overlap: bool | None = None, float_noise: int = 0) -> dict[str, StageSummary]:
     """Run every stage; returns {stage: summary} (also OUT/summary.json). corpus: `load_corpus` arguments for the
     language models (default: the embedded stdlib corpus). seeds > 1: every stage for seeds 0..N-1 (seed k > 0 under
     STAGE/seeds/k), each claim reported as reproduced in k of N seeds (STAGE/seeds.json). overlap: train the grokking
     model beside the induction and circuits stages (default: with two or more free cores and no CIRCUITLAB_THREADS;
-    never over several seeds); its stage's seconds are then counted from the start."""
+    never over several seeds); its stage's seconds are then counted from the start. float_noise > 0: stages 1-3
+    also N more times from initial weights one ulp away (run k under STAGE/float-noise/k, STAGE/float-noise.json)."""
     if seeds < 1:
         raise CircuitlabError(f"--seeds must be at least 1 (got {seeds})")
+    if float_noise < 0:
+        raise CircuitlabError(f"--float-noise must be 0 (none) or more runs (got {float_noise})")
+    if float_noise and seeds > 1:
+        raise CircuitlabError("--float-noise and --seeds are one at a time: check float noise on one seed")
     p = choose(PRESETS, preset)
     ind_p = choose(induction.PRESETS, p.settings["induction"], "induction preset")
     fw_p = choose(framework.PRESETS, p.settings["framework"], "framework preset")
@@ -83,20 +93,26 @@ def reproduce(preset: str, out: Path | str, progress: bool = True, log=print, co
         claims = fn()
         summary[name] = StageSummary("reused" if done else "ran", round(time.perf_counter() - t0, 1), count(claims))
 
-    def experiment(name: str, cls, p, d: Path, run, corpus_match: str | None, model: str | None = None):
-        """One stage: its claims, for one seed (reusing finished results) or aggregated over the seeds."""
+    def experiment(name: str, cls, p, d: Path, run, corpus_match: str | None, model: str | None = None,
+                   trains: bool = True):
+        """One stage: its claims, for one seed (reusing finished results), aggregated over the seeds, or (a stage
+        that trains) over the float-noise runs."""
         if seeds > 1:
             stage(name, lambda: run_seeds(d.name, run, p, d, seeds, cls, corpus_match, model).claims, False)
+            return
+        if float_noise and trains:
+            stage(name, lambda: run_noise(d.name, run, p, d, float_noise, cls, corpus_match).claims, False)
             return
         saved = finished(cls, d / "results.json", p.name, corpus_match, model)
         stage(name, lambda: (saved or run(p, d, 0)).claims, saved is not None)
 
     ind_dir = out / "induction"
 
-    def circuits(p, d, k):
-        runs = {"attn1": seed_dir(ind_dir, k) / "runs" / "1L", "attn2": seed_dir(ind_dir, k) / "runs" / "2L"}
+    def circuits(p, d, k):  # the induction stage's models of the same seed (or float-noise run)
+        member = noise_dir(ind_dir, k) if float_noise else seed_dir(ind_dir, k)
+        runs = {"attn1": member / "runs" / "1L", "attn2": member / "runs" / "2L"}
         if "3L" in ind_p.models:
-            runs["attn3"] = seed_dir(ind_dir, k) / "runs" / "3L"
+            runs["attn3"] = member / "runs" / "3L"
         return framework.run_framework_experiment(p, d, runs, like=shared_model_settings(ind_p), corpus=corpus,
                                                   progress=progress)
 
@@ -104,6 +120,9 @@ def reproduce(preset: str, out: Path | str, progress: bool = True, log=print, co
         background.give(threads)  # stages 1 and 2 are done: every core
         log(f"    trained in its own process since the start; now on {threads} threads")
         background.wait(progress)
+        if float_noise:  # run 0 is the one just trained; the perturbed runs follow on every core
+            return run_noise(grok_dir.name, lambda p, d, k: grokking.run_grokking_experiment(p, d, progress=progress),
+                             grok_p, grok_dir, float_noise, grokking.GrokkingResults).claims
         return grokking.GrokkingResults.load(grok_dir / "results.json").claims
 
     grok_dir = out / "grokking"
@@ -149,7 +168,7 @@ def reproduce(preset: str, out: Path | str, progress: bool = True, log=print, co
             background.stop()  # after an error or Ctrl-C: the run resumes where it stopped next time
     experiment("IOI circuit (Wang et al. 2022)", ioi.IOIResults, ioi_p, out / "ioi",
                lambda p, d, k: ioi.run_ioi_experiment(p.but(settings={"seed": k}), d, ioi_model, log=log), None,
-               ioi_model)
+               ioi_model, trains=False)
 
     def report() -> list[Claim]:
         build_report(out, seeds=seeds)
@@ -164,7 +183,8 @@ def count(claims: list) -> dict[str, int]:
     return {"total": len(claims), "reproduced": sum(c.verdict == "reproduced" for c in claims),
             "not reproduced": sum(c.verdict == "not reproduced" for c in claims),
             "differs": sum(c.verdict == "differs" for c in claims),
-            "in some seeds": sum(c.verdict.startswith("reproduced in") for c in claims)}
+            "in some seeds": sum(c.verdict.startswith("reproduced in") for c in claims),
+            "unstable": sum(c.verdict.startswith(UNSTABLE) for c in claims)}
 
 
 def _read(path: Path):

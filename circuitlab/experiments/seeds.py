@@ -62,12 +62,14 @@ def seed_dir(out: Path | str, seed: int) -> Path:
 
 
 def with_seed(preset: ExperimentPreset, seed: int) -> ExperimentPreset:
-    """The preset with every model's initialisation and data order drawn from `seed` (seed 0: the preset itself)."""
+    """The preset with every model's initialisation and data order drawn from `seed` (seed 0: the preset itself):
+    those in `models`, and through settings["seed"] what an experiment draws itself (induction's synthetic-task
+    models, IOI's prompts)."""
     if seed == 0:
         return preset
     models = {n: p.but(model={"seed": seed}, train={"seed": seed},
                        task={"seed": seed} if "seed" in p.task else None) for n, p in preset.models.items()}
-    return preset.but(models=models)
+    return preset.but(models=models, settings={"seed": seed})
 
 
 def _number(s: str) -> float:

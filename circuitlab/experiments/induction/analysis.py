@@ -66,13 +66,14 @@ def analyze_ablations(run: Run, rows: list[Measurement], windows: torch.Tensor, 
     return Ablations(group, series, full)
 
 
-def task_models(task_steps: int, init_noise: int = 0) -> dict[str, tuple]:
+def task_models(task_steps: int, init_noise: int = 0, seed: int = 0) -> dict[str, tuple]:
     """The behaviours' small models on the synthetic tasks: {task name: (task, ModelConfig, training steps)}.
-    init_noise: the float-noise check's run (`experiments/noise.py`; the preset's settings["init_noise"])."""
+    init_noise: the float-noise check's run (`experiments/noise.py`; the preset's settings["init_noise"]); seed: the
+    init's and the batches' (`seeds.with_seed`; settings["seed"])."""
     from circuitlab.data.synthetic import pattern_task, translation_task
     from circuitlab.model import ModelConfig
 
-    small = dict(n_layers=2, d_model=64, n_heads=4, d_head=16, init_noise=init_noise)
+    small = dict(n_layers=2, d_model=64, n_heads=4, d_head=16, init_noise=init_noise, seed=seed)
     translation, pattern = translation_task(), pattern_task()
     return {"translation": (translation, ModelConfig(**small, n_ctx=translation.n_ctx, d_vocab=translation.d_vocab),
                             task_steps),
@@ -82,19 +83,21 @@ def task_models(task_steps: int, init_noise: int = 0) -> dict[str, tuple]:
 
 def train_task_model(out: Path, task, model_cfg, steps: int):
     """Train (or reuse) a small model on a synthetic task with the one training loop, in OUT/tasks/NAME; returns
-    (model, training). `train_all` trains them in its worker processes beside the language models."""
+    (model, training). `train_all` trains them in its worker processes beside the language models. The batches are
+    drawn from the model's seed."""
     from circuitlab.training import SequenceTaskTraining, TrainConfig, train
 
     run_dir = out / "tasks" / task.name
     cfg = TrainConfig(batch_size=32, lr=3e-3, warmup_steps=100, schedule="constant", beta2=0.98, max_steps=steps,
-                      eval_every=100, checkpoint_every=steps, log_checkpoints=0)
+                      eval_every=100, checkpoint_every=steps, log_checkpoints=0, seed=model_cfg.seed)
     training = SequenceTaskTraining(task)
     run = finished_run(run_dir, model_cfg, cfg, training.spec()) or \
         train(model_cfg, cfg, training, run_dir, resume=(run_dir / "run.json").exists(), progress=False)
     return run.model(), TaskTraining(str(run_dir), run.checkpoints[-1], run.metrics)
 
 
-def behaviours(out: Path, run: Run, head: Head | None, task_steps: int, init_noise: int = 0) -> Behaviours:
+def behaviours(out: Path, run: Run, head: Head | None, task_steps: int, init_noise: int = 0,
+               seed: int = 0) -> Behaviours:
     from circuitlab.induction.behaviours import copying_behaviour, pattern_behaviour, translation_behaviour
 
     copying, skipped = None, "no induction head to examine"
@@ -103,7 +106,7 @@ def behaviours(out: Path, run: Run, head: Head | None, task_steps: int, init_noi
             copying, skipped = copying_behaviour(run.model(), run.tokenizer, COPYING_PASSAGE, COPYING_NAME, head), None
         except ValueError as e:  # the passage does not fit a tiny context
             skipped = str(e)
-    tasks = task_models(task_steps, init_noise)
+    tasks = task_models(task_steps, init_noise, seed)
     task, cfg, steps = tasks["translation"]
     model, t_info = train_task_model(out, task, cfg, steps)
     translation = translation_behaviour(model, task)
@@ -182,7 +185,8 @@ def analyze_induction(preset: ExperimentPreset, out: Path) -> InductionResults:
     lap("ablations_over_checkpoints")
     final_induction = torch.tensor(r2[-1].induction)
     head = max(group, key=lambda hd: float(final_induction[hd])) if group else None
-    behaved = behaviours(out, runs[main], head, preset.settings["task_steps"], preset.settings.get("init_noise", 0))
+    behaved = behaviours(out, runs[main], head, preset.settings["task_steps"], preset.settings.get("init_noise", 0),
+                         preset.settings.get("seed", 0))
     lap("behaviours")
     viewer = attention_viewer(runs[main], probe["windows"], COPYING_PASSAGE)
     lap("attention_viewer")

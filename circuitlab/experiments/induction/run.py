@@ -64,7 +64,7 @@ def _train_and_measure(name: str, mcfg: dict, tcfg: dict, run_dir: str, probe_pa
     return name
 
 
-def _train_task(name: str, task_steps: int, out: str, threads: int, init_noise: int = 0) -> str:
+def _train_task(name: str, task_steps: int, out: str, threads: int, init_noise: int = 0, seed: int = 0) -> str:
     """Worker: train (or reuse) one of the behaviours' synthetic-task models (`analysis.task_models`), so it trains
     beside the language models instead of after them."""
     import torch
@@ -72,7 +72,7 @@ def _train_task(name: str, task_steps: int, out: str, threads: int, init_noise: 
     from circuitlab.experiments.induction.analysis import task_models, train_task_model
 
     torch.set_num_threads(threads)
-    task, cfg, steps = task_models(task_steps, init_noise)[name]
+    task, cfg, steps = task_models(task_steps, init_noise, seed)[name]
     train_task_model(Path(out), task, cfg, steps)
     return name
 
@@ -190,12 +190,13 @@ def train_all(preset: ExperimentPreset, out: Path, workers: int | None = None, p
         if device == "cpu":  # the behaviours' task models fill in behind (the longer first); the analysis reuses them
             from circuitlab.experiments.induction.analysis import task_models
 
-            noise = preset.settings.get("init_noise", 0)
-            tasks = task_models(preset.settings["task_steps"], noise)
+            noise, seed = preset.settings.get("init_noise", 0), preset.settings.get("seed", 0)
+            tasks = task_models(preset.settings["task_steps"], noise, seed)
             for t in sorted(tasks, key=lambda t: -tasks[t][2]):
                 n = f"{t} task"
                 dirs[n], totals[n] = out / "tasks" / t, tasks[t][2]
-                futures[pool.submit(_train_task, t, preset.settings["task_steps"], str(out), threads, noise)] = n
+                futures[pool.submit(_train_task, t, preset.settings["task_steps"], str(out), threads, noise,
+                                     seed)] = n
         if progress:
             _show_progress(futures, dirs, totals, seconds, t0)
         for f, n in futures.items():
