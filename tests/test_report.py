@@ -177,9 +177,9 @@ def test_report_in_headless_chromium(results_dir, tmp_path):
         driver.quit()
 
 
-def test_reproduce_runs_every_stage_then_reuses_them(small_corpus_dir, tiny_gpt2_ioi, tmp_path, monkeypatch):
+def _tiny_reproduce(monkeypatch, tiny_gpt2_ioi) -> None:
+    """reproduce.PRESETS["tiny"]: every stage on the tests' tiny presets."""
     from circuitlab.experiments import framework, grokking, induction, ioi, reproduce
-    from circuitlab.experiments.framework.results import ModelAnalysis
 
     monkeypatch.setitem(induction.PRESETS, "tiny", TINY)
     monkeypatch.setitem(grokking.PRESETS, "tiny", grokking_preset("tiny", p=13, epochs=40, checkpoint_every=20,
@@ -192,6 +192,13 @@ def test_reproduce_runs_every_stage_then_reuses_them(small_corpus_dir, tiny_gpt2
     monkeypatch.setitem(reproduce.PRESETS, "tiny", ExperimentPreset(
         "tiny", settings={"induction": "tiny", "framework": "tiny", "grokking": "tiny", "ioi": "tiny",
                           "ioi_model": str(tiny_gpt2_ioi)}))
+
+
+def test_reproduce_runs_every_stage_then_reuses_them(small_corpus_dir, tiny_gpt2_ioi, tmp_path, monkeypatch):
+    from circuitlab.experiments import reproduce
+    from circuitlab.experiments.framework.results import ModelAnalysis
+
+    _tiny_reproduce(monkeypatch, tiny_gpt2_ioi)
     out, corpus = tmp_path / "r", {"text": str(small_corpus_dir)}
     lines: list[str] = []
     first = reproduce.reproduce("tiny", out, progress=False, log=lines.append, corpus=corpus, overlap=True)
@@ -232,6 +239,25 @@ def test_reproduce_runs_every_stage_then_reuses_them(small_corpus_dir, tiny_gpt2
         reproduce.reproduce("tiny", out, seeds=2, float_noise=1)
     with pytest.raises(Exception, match="unknown preset"):
         reproduce.reproduce("nope", out)
+
+
+def test_reproduce_float_noise_from_scratch_trains_run_0_beside_the_others(small_corpus_dir, tiny_gpt2_ioi, tmp_path,
+                                                                            monkeypatch):
+    """`reproduce --float-noise 1` on an empty OUT: grokking's run 0 trains in its own process beside stages 1 and 2
+    as in `make demo`, its run 1 after them; the report counts the claims over both runs."""
+    from circuitlab.experiments import reproduce
+    from circuitlab.experiments.noise import NoiseResults
+
+    _tiny_reproduce(monkeypatch, tiny_gpt2_ioi)
+    out = tmp_path / "r"
+    s = reproduce.reproduce("tiny", out, progress=False, log=lambda _: None, corpus={"text": str(small_corpus_dir)},
+                            overlap=True, float_noise=1)
+    assert [v.status for v in s.values()] == ["ran", "ran", "ran in parallel", "ran", "ran"]
+    g = NoiseResults.load(out / "grokking" / "float-noise.json")
+    assert g.runs == [0, 1] and GrokkingResults.load(out / "grokking" / "float-noise" / "1" / "results.json")
+    assert s["grokking (Nanda et al. 2023)"].claims["unstable"] == g.unstable
+    text = (out / "report.html").read_text()
+    assert all(c.verdict in text for c in g.claims)
 
 
 def test_spread_over_seeds_is_drawn_as_a_band(results_dir, tmp_path):
