@@ -135,6 +135,14 @@ def test_claims_over_seeds_give_k_of_n_and_the_spread_of_every_number():
     assert spread(["window 9.2M–14.6M tokens; score 0.041 → 0.166", "window 8.1M–15.0M tokens; score 0.050 → 0.151"]) \
         == "window 8.1…9.2M–14.6…15.0M tokens; score 0.041…0.050 → 0.151…0.166"
     assert spread(["same 1.0", "same 1.0"]) == "same 1.0"
+    # lists, exponents, thousands and ranges keep their punctuation: each number is ranged as a number
+    assert spread(["freqs [19, 22]; loss 3.27e-07, then 1,350", "freqs [19, 22]; loss 5.44e-08, then 1,360"]) \
+        == "freqs [19, 22]; loss 5.44e-08…3.27e-07, then 1,350…1,360"
+    assert spread(["freqs [19, 22] {19: 93}", "freqs [22, 24] {22: 90}"], "run") == \
+        "run 0: freqs [19, 22] {19: 93} | run 1: freqs [22, 24] {22: 90}"  # named things are listed, not ranged
+    assert spread(["rise 2,304,000-5,632,000 tokens", "rise 2,304,000-4,540,416 tokens"]) \
+        == "rise 2,304,000-4,540,416…5,632,000 tokens"
+    assert spread(["ICL -0.129 → -0.418", "ICL -0.123 → -0.388"]) == "ICL -0.129…-0.123 → -0.418…-0.388"
     assert spread(["window none found", "window 1.0M–2.0M"]) == "seed 0: window none found | seed 1: window 1.0M–2.0M"
     c = lambda v, m: Claim("P", "claim", "e", m, v)  # noqa: E731
     seeds = [[c("reproduced", "x 1"), c("differs", "y")], [c("not reproduced", "x 3"), c("differs", "y")],

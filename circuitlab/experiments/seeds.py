@@ -20,7 +20,11 @@ from circuitlab.experiments.claims import Claim
 from circuitlab.results import Result
 from circuitlab.training.presets import ExperimentPreset
 
-NUMBER = re.compile(r"[-+−]?\d[\d,]*(?:\.\d+)?")
+# a number as the claims write them: thousands separated by commas ("2,304,000", not the list "19, 22"), a
+# decimal part, an exponent ("3.27e-07"), a sign only where no digit or letter precedes it (the dash of a range
+# "2,304,000-5,632,000" is not a minus)
+NUMBER = re.compile(r"(?:(?<![\w.])[-+−])?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?")
+BRACKETS = re.compile(r"\[[^\]]*\]|\{[^}]*\}")  # a list or a map: the names of things, not measurements
 
 
 @dataclass
@@ -78,11 +82,13 @@ def _number(s: str) -> float:
 
 def spread(texts: list[str], label: str = "seed") -> str:
     """One text for the seeds' measured texts, each number replaced by its range over the seeds (where the texts
-    differ in more than their numbers, each listed as "LABEL k: text")."""
+    differ in more than their numbers, or in a list or map in brackets, each listed as "LABEL k: text")."""
     if len(set(texts)) == 1:
         return texts[0]
     templates = [NUMBER.split(t) for t in texts]
-    if any(tp != templates[0] for tp in templates):
+    # a list or a map in brackets names things (key frequencies, clusters): ranges position by position would
+    # mislead, so texts whose brackets differ are listed
+    if any(tp != templates[0] for tp in templates) or len({tuple(BRACKETS.findall(t)) for t in texts}) > 1:
         return " | ".join(f"{label} {i}: {t}" for i, t in enumerate(texts))
     columns = zip(*(NUMBER.findall(t) for t in texts))
     parts = []
