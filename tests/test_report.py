@@ -326,6 +326,8 @@ def test_report_shows_the_float_noise_check_and_ignores_a_stale_one(results_dir,
 
     d = tmp_path / "r"
     shutil.copytree(results_dir, d)
+    unchecked = re.compile(r"The verdicts of ([a-z, ]+) are one training run's")
+    assert unchecked.search(build_report(d).read_text())[1] == "circuits, induction, grokking"  # IOI trains nothing
     own = GrokkingResults.load(d / "grokking" / "results.json").claims
     flip = {"reproduced": "not reproduced", "not reproduced": "reproduced"}
     i = next(i for i, c in enumerate(own) if c.verdict in flip)
@@ -335,7 +337,9 @@ def test_report_shows_the_float_noise_check_and_ignores_a_stale_one(results_dir,
     noise.save(d / "grokking" / "float-noise.json")
     text = build_report(d).read_text()
     assert "unstable: reproduced in 1 of 2 runs" in text and "1 unstable" in text  # one of the two reproduces it
+    assert unchecked.search(text)[1] == "circuits, induction"  # grokking's verdicts are checked now
     stale = NoiseResults("grokking", "paper", [0, 1], ["a", "b"], aggregate([other, other], stability), 0)
     stale.save(d / "grokking" / "float-noise.json")
     text = build_report(d).read_text()
     assert "unstable: reproduced" not in text and "1 unstable" not in text
+    assert unchecked.search(text)[1] == "circuits, induction, grokking"  # a stale check checks nothing

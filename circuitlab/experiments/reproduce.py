@@ -40,6 +40,7 @@ from circuitlab.experiments.induction.report import induction_sections
 from circuitlab.experiments.ioi.report import ioi_sections
 from circuitlab.experiments.noise import UNSTABLE, noise_dir, run_noise
 from circuitlab.experiments.seeds import finished, run_seeds, seed_dir
+from circuitlab.report.figures import esc
 from circuitlab.report.page import Page, claims_table, viewer_section, write_page
 from circuitlab.results import Result, atomic_write_text
 from circuitlab.training.presets import ExperimentPreset, choose
@@ -53,6 +54,7 @@ PRESETS: dict[str, ExperimentPreset] = {
                                                "ioi": "full", "ioi_model": ioi.DEFAULT_MODEL}),
 }
 CIRCUIT_MODELS = ("attn0", "attn1", "attn2", "attn3", "attn8")
+TRAINED = ("circuits", "induction", "grokking")  # the stages whose verdicts float noise can move (IOI: pretrained)
 
 
 @dataclass
@@ -228,21 +230,29 @@ def build_report(out_dir: Path | str, path: Path | str | None = None, seeds: int
     if not analyses and not results:
         raise CircuitlabError(f"{out} has no results to report: run `circuitlab reproduce --out {out}` first")
     # over several seeds, each claim as reproduced in k of N seeds; else over the float-noise check's runs
-    claims = [{"experiment": k, **c}
-              for k, r in results.items()
-              for c in (_read(out / k / "seeds.json") if (out / k / "seeds.json").exists() and (seeds or 2) > 1
-                        else _with_float_noise(out / k, r)).get("claims", [])]
+    claims, single = [], []
+    for k, r in results.items():
+        over = _read(out / k / "seeds.json") if (out / k / "seeds.json").exists() and (seeds or 2) > 1 \
+            else _with_float_noise(out / k, r)
+        claims += [{"experiment": k, **c} for c in over.get("claims", [])]
+        if over is r and k in TRAINED:
+            single.append(k)
     try:
-        return _build(out, analyses, results, claims, seeds, path)
+        return _build(out, analyses, results, claims, seeds, path, single)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
         raise CircuitlabError(f"the results in {out} are damaged or from another version of circuitlab "
                               f"({type(e).__name__}: {str(e)[:200]}): run `circuitlab reproduce --out {out}` again") from None
 
 
-def _build(out: Path, analyses: dict, results: dict, claims: list, seeds: int | None, path) -> Path:
+def _build(out: Path, analyses: dict, results: dict, claims: list, seeds: int | None, path,
+           single: list[str] = ()) -> Path:
     page = Page()
-    page.section("claims", "Claims", claims_table(claims),
-                 "Every headline claim checked against a measurement; the section link shows the plot behind it.")
+    intro = "Every headline claim checked against a measurement; the section link shows the plot behind it."
+    if single:  # one run's verdicts: say so, and how to check them
+        intro += (f" The verdicts of {esc(', '.join(single))} are one training run's: <code>circuitlab reproduce "
+                  f"--float-noise 1 --out {esc(str(out))}</code> trains again from weights one ulp away and marks "
+                  f"a verdict that differs as unstable (not a result either way).")
+    page.section("claims", "Claims", claims_table(claims), intro)
     framework_sections(page, analyses)
     if "induction" in results:
         ind = results["induction"]
