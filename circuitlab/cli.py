@@ -485,7 +485,8 @@ def experiment_grokking(
         from circuitlab.experiments.grokking import GrokkingResults
         from circuitlab.experiments.noise import run_noise
 
-        _print_noise(run_noise("grokking", lambda p, d, k: run_grokking_experiment(p, d), chosen, out, float_noise, GrokkingResults), out)
+        _print_noise(run_noise("grokking", lambda p, d, k: run_grokking_experiment(p, d), chosen, out, float_noise,
+                               GrokkingResults), out)
         return
     if _seeds(seeds) > 1:
         from circuitlab.experiments.grokking import GrokkingResults
