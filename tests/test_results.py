@@ -140,6 +140,12 @@ def test_claims_over_seeds_give_k_of_n_and_the_spread_of_every_number():
         == "freqs [19, 22]; loss 5.44e-08…3.27e-07, then 1,350…1,360"
     assert spread(["freqs [19, 22] {19: 93}", "freqs [22, 24] {22: 90}"], "run") == \
         "run 0: freqs [19, 22] {19: 93} | run 1: freqs [22, 24] {22: 90}"  # named things are listed, not ranged
+    assert spread(["head 1.0: 0.95 of its attention", "head 1.3: 0.94 of its attention"]) == \
+        "seed 0: head 1.0: 0.95 of its attention | seed 1: head 1.3: 0.94 of its attention"
+    assert spread(["K-composition 0.1 → 1.3: 0.226; 1.3's margin", "K-composition 0.1 → 1.3: 0.227; 1.3's margin"]) \
+        == "K-composition 0.1 → 1.3: 0.226…0.227; 1.3's margin"
+    assert spread(["individual heads 2.59, virtual heads 0.09 nats", "individual heads 2.52, virtual heads 0.09 nats"]) \
+        == "individual heads 2.52…2.59, virtual heads 0.09 nats"
     assert spread(["rise 2,304,000-5,632,000 tokens", "rise 2,304,000-4,540,416 tokens"]) \
         == "rise 2,304,000-4,540,416…5,632,000 tokens"
     assert spread(["ICL -0.129 → -0.418", "ICL -0.123 → -0.388"]) == "ICL -0.129…-0.123 → -0.418…-0.388"

@@ -24,7 +24,11 @@ from circuitlab.training.presets import ExperimentPreset
 # decimal part, an exponent ("3.27e-07"), a sign only where no digit or letter precedes it (the dash of a range
 # "2,304,000-5,632,000" is not a minus)
 NUMBER = re.compile(r"(?:(?<![\w.])[-+−])?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?")
-BRACKETS = re.compile(r"\[[^\]]*\]|\{[^}]*\}")  # a list or a map: the names of things, not measurements
+# the names of things, not measurements: a list or a map in brackets (key frequencies, clusters), heads named
+# LAYER.HEAD after "head"/"heads" (then ":", ";", " (" or " puts": "individual heads 2.59 nats" is a measurement),
+# in a composition "0.1 → 1.3" or as "1.3's"
+NAMES = re.compile(r"\[[^\]]*\]|\{[^}]*\}|\bheads? \d+\.\d+(?:, \d+\.\d+)*(?=[:;]| \(| puts)|"
+                   r"composition \d+\.\d+ → \d+\.\d+|\d+\.\d+'s")
 
 
 @dataclass
@@ -82,13 +86,12 @@ def _number(s: str) -> float:
 
 def spread(texts: list[str], label: str = "seed") -> str:
     """One text for the seeds' measured texts, each number replaced by its range over the seeds (where the texts
-    differ in more than their numbers, or in a list or map in brackets, each listed as "LABEL k: text")."""
+    differ in more than their numbers, or in what they name (`NAMES`), each listed as "LABEL k: text")."""
     if len(set(texts)) == 1:
         return texts[0]
     templates = [NUMBER.split(t) for t in texts]
-    # a list or a map in brackets names things (key frequencies, clusters): ranges position by position would
-    # mislead, so texts whose brackets differ are listed
-    if any(tp != templates[0] for tp in templates) or len({tuple(BRACKETS.findall(t)) for t in texts}) > 1:
+    # texts that name other things (other key frequencies, another head) are listed: a range of names would mislead
+    if any(tp != templates[0] for tp in templates) or len({tuple(NAMES.findall(t)) for t in texts}) > 1:
         return " | ".join(f"{label} {i}: {t}" for i, t in enumerate(texts))
     columns = zip(*(NUMBER.findall(t) for t in texts))
     parts = []
