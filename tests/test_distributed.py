@@ -28,6 +28,12 @@ corpus, cache, m, t, out, stop = sys.argv[1:7]
 data = prepare_tokens(load_corpus(text=corpus), 320, cache=Path(cache))
 train(ModelConfig(**json.loads(m)), TrainConfig(**json.loads(t)), data, out, resume=(Path(out) / "run.json").exists(),
       progress=False, stop_at=int(stop) or None)
+# the threads left once train() has returned (Linux): gloo's must be gone, not left to interpreter shutdown
+import os
+tasks = Path("/proc/self/task")
+if tasks.is_dir():
+    (Path(out).parent / f"threads-{stop}-{os.environ['RANK']}.json").write_text(
+        json.dumps(sorted((t / "comm").read_text().strip() for t in tasks.iterdir())))
 """
 MODEL = ModelConfig(n_layers=1, d_model=32, n_heads=4, d_head=8, n_ctx=32, d_vocab=320)
 TRAIN = TrainConfig(batch_size=4, max_steps=6, eval_every=3, log_checkpoints=2, lr=1e-2)
@@ -53,6 +59,13 @@ def test_two_gloo_ranks_interrupted_and_resumed_equal_one_process(small_corpus_d
     for stop in (3, 0):  # stopped at step 3 (an evaluation step), then resumed to the end, both under 2 ranks
         r = _torchrun(tmp_path, small_corpus_dir, cache, out, stop)
         assert r.returncode == 0, r.stderr[-3000:]
+        # train() ended the process group it started on both ranks: its gloo threads ('gloo_tcp_loop',
+        # 'pt_gloo_runloop') joined, none left running into interpreter shutdown (where they aborted a rank now and
+        # then: torch._inductor imported after the group started had kept it alive past destroy_process_group)
+        if Path("/proc/self/task").is_dir():
+            left = [json.loads((tmp_path / f"threads-{stop}-{rank}.json").read_text()) for rank in (0, 1)]
+            assert all("python" in names for names in left), left  # what is read is the ranks' threads
+            assert not [name for names in left for name in names if "gloo" in name], left
     ddp = circuitlab.load_run(out)
     for (name, p), q in zip(straight.model().named_parameters(), ddp.model().parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=f"{name} differs")

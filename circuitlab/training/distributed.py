@@ -51,6 +51,12 @@ def from_env(device: torch.device) -> Ranks:
         raise CircuitlabError("this torch build has no torch.distributed: train with one process")
     owned = not dist.is_initialized()
     if owned:
+        # torch._inductor imported after the group starts keeps a reference to it, so `destroy_process_group` no
+        # longer frees it and gloo's threads outlive `close` into interpreter shutdown, where they aborted a rank
+        # now and then ("terminate called without an active exception"). train() imports it after this point
+        # (torch.use_deterministic_algorithms does), so it is imported here first.
+        import torch._inductor.config  # noqa: F401
+
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -59,8 +65,9 @@ def from_env(device: torch.device) -> Ranks:
 
 
 def close(ranks: Ranks, finished: bool = True) -> None:
-    """End a process group `from_env` started (left to interpreter shutdown, gloo's threads can abort the process:
-    "terminate called without an active exception")."""
+    """End a process group `from_env` started, its gloo threads joined here (left to interpreter shutdown, they can
+    abort the process: "terminate called without an active exception"; tests/test_distributed.py checks that none
+    is left once train() returns)."""
     if ranks.owned:
         import torch.distributed as dist
 
