@@ -477,3 +477,39 @@ def test_grokking_float_noise_check_trains_a_perturbed_run_and_reports_each_verd
     ends = [load_file(d / "checkpoints" / "step-000000020.safetensors") for d in runs]
     assert ends[0].keys() == ends[1].keys() and not all(torch.equal(ends[0][k], ends[1][k]) for k in ends[0])
     assert CliRunner().invoke(app, [*args[:-1], "-1"]).exit_code == 2
+
+
+def test_modular_loss_gradient_reaches_float32_logits_without_subnormals(monkeypatch):
+    """Rows memorised with a margin of ~92 nats give the wrong answers probabilities below float32's smallest normal
+    number: the float64 loss's gradient, cast to float32, is then subnormal there (slow on Intel CPUs). modular_loss
+    sends those entries back as zeros and every other entry exactly as the plain cast does."""
+    import torch.nn.functional as F
+
+    from circuitlab.model import loss as loss_module
+
+    tiny = torch.finfo(torch.float32).tiny
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 8, generator=g)
+    labels = torch.tensor([0, 1, 2, 3, 4, 5])
+    logits[:3] = -92.0
+    logits[torch.arange(3), labels[:3]] = 0.0  # three memorised rows
+    subnormal = lambda t: (t != 0) & (t.abs() < tiny)  # noqa: E731
+
+    x = logits.clone().requires_grad_()
+    plain = F.cross_entropy(x[:, :7].double(), labels)
+    plain.backward()
+    reference = x.grad
+    assert subnormal(reference).any()  # the case exists: the plain float32 gradient holds subnormal entries
+
+    y = logits.clone().requires_grad_()
+    ours = modular_loss(y, labels, 7)
+    ours.backward()
+    assert ours.item() == plain.item()
+    assert not subnormal(y.grad).any()
+    assert torch.equal(y.grad[subnormal(reference)], torch.zeros(int(subnormal(reference).sum())))
+    assert torch.equal(y.grad[~subnormal(reference)], reference[~subnormal(reference)])  # the rest to the bit
+
+    monkeypatch.setattr(loss_module, "FLUSH_SUBNORMAL_GRAD", False)  # the benchmark's switch: the plain cast
+    z = logits.clone().requires_grad_()
+    modular_loss(z, labels, 7).backward()
+    assert torch.equal(z.grad, reference)

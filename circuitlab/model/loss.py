@@ -89,11 +89,43 @@ def masked_accuracy(model, tokens: Tensor, mask: Tensor) -> float:
     return float((pred == tokens[:, 1:])[mask].float().mean())
 
 
+FLUSH_SUBNORMAL_GRAD = True  # benchmarks/grokking_denormal.py turns it off to measure what it buys
+
+
+class _ToFloat64(torch.autograd.Function):
+    """x.double(), whose backward casts the float64 gradient to x's dtype with subnormal values set to zero.
+
+    Once the grokking model has memorised its training set, the wrong answers' probabilities fall below float32's
+    smallest normal number (1.2e-38), so the gradient of the float64 loss arrives at the float32 logits full of
+    subnormal floats. Every backward product through W_U, the MLP and W_O then takes them as inputs, and Intel CPUs
+    multiply subnormal operands in microcode: on session 18's Xeon (Ice Lake, MKL) the step at epoch 7,800 of the
+    quick preset took 234 ms on one thread and 132 ms on two, against 74 and 47 at initialisation; with this flush
+    87 and 50 (`benchmarks/grokking_denormal.py`). `torch.set_flush_denormal` is no cure: it sets the calling
+    thread only, not torch's other threads. Zeroing them changes nothing a float32 weight can hold: a gradient
+    entry below 1.2e-38 moves AdamW's update by under 1e-30, far below a weight's last bit (the weights of 100
+    epochs from epoch 7,800 came out identical to the bit, tests/test_loss.py checks the gradients)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.dtype = x.dtype
+        return x.double()
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:
+        g = g.to(ctx.dtype)
+        if FLUSH_SUBNORMAL_GRAD and g.dtype.is_floating_point:
+            g = g.masked_fill_(g.abs() < torch.finfo(g.dtype).tiny, 0.0)
+        return g
+
+
 def modular_loss(logits: Float[Tensor, "batch d_vocab"], labels: Tensor, p: int) -> Tensor:
     """Cross-entropy over the p answers in float64, as the grokking paper's code computes it (Nanda et al. 2023):
     once the training set is memorised the loss is ~1e-7, where float32 log-softmax rounds and the updates turn
-    into periodic loss spikes. The '=' column of W_U is never a target (as if d_vocab_out = p)."""
-    return F.cross_entropy(logits[:, :p].double(), labels)
+    into periodic loss spikes. The '=' column of W_U is never a target (as if d_vocab_out = p). The gradient comes
+    back to the logits without subnormal floats (`_ToFloat64`)."""
+    x = logits[:, :p]
+    wide = _ToFloat64.apply(x) if x.requires_grad and x.dtype != torch.float64 else x.double()
+    return F.cross_entropy(wide, labels)
 
 
 def modular_loss_and_accuracy(logits: Float[Tensor, "batch d_vocab"], labels: Tensor, p: int) -> tuple[Tensor, float]:
