@@ -19,6 +19,7 @@ from circuitlab.model import Transformer
 from circuitlab.training.loop import make_optimizer
 from circuitlab.training.tasks import ModularAdditionTask
 torch.set_num_threads(2)
+torch.use_deterministic_algorithms(True, warn_only=True)  # as the training loop runs it
 preset = grokking_model(); m, t = preset.configs()
 task = ModularAdditionTask(**preset.task); task.prepare(m, t, torch.device("cpu"))
 net = Transformer(m); opt = make_optimizer(net, t)
