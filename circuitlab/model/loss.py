@@ -103,7 +103,7 @@ class _ToFloat64(torch.autograd.Function):
     87 and 50 (`benchmarks/grokking_denormal.py`). `torch.set_flush_denormal` is no cure: it sets the calling
     thread only, not torch's other threads. Zeroing them changes nothing a float32 weight can hold: a gradient
     entry below 1.2e-38 moves AdamW's update by under 1e-30, far below a weight's last bit (the weights of 100
-    epochs from epoch 7,800 came out identical to the bit, tests/test_loss.py checks the gradients)."""
+    epochs from epoch 7,800 came out identical to the bit; tests/test_grokking.py checks the gradients)."""
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tensor:
