@@ -56,7 +56,6 @@ def main() -> None:
             for mode in modes:
                 d = Path(tmp) / f"{mode}-{r}"
                 shutil.copytree(args.run, d)
-                (d / ".lock").unlink(missing_ok=True)
                 loss_module.FLUSH_SUBNORMAL_GRAD = mode == "grad_flush"
                 torch.set_flush_denormal(mode == "thread_flush")
                 t0 = time.perf_counter()

@@ -100,7 +100,7 @@ class _ToFloat64(torch.autograd.Function):
     subnormal floats. Every backward product through W_U, the MLP and W_O then takes them as inputs, and Intel CPUs
     multiply subnormal operands in microcode: on session 18's Xeon (Ice Lake, MKL) the step at epoch 7,800 of the
     quick preset took 234 ms on one thread and 132 ms on two, against 74 and 47 at initialisation; with this flush
-    87 and 50 (`benchmarks/grokking_denormal.py`). `torch.set_flush_denormal` is no cure: it sets the calling
+    87 and 50 (a one-off timing of the step; `benchmarks/grokking_denormal.py` times the training loop). `torch.set_flush_denormal` is no cure: it sets the calling
     thread only, not torch's other threads. Zeroing them changes nothing a float32 weight can hold: a gradient
     entry below 1.2e-38 moves AdamW's update by under 1e-30, far below a weight's last bit (the weights of 100
     epochs from epoch 7,800 came out identical to the bit; tests/test_grokking.py checks the gradients)."""
@@ -113,7 +113,7 @@ class _ToFloat64(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor) -> Tensor:
         g = g.to(ctx.dtype)
-        if FLUSH_SUBNORMAL_GRAD and g.dtype.is_floating_point:
+        if FLUSH_SUBNORMAL_GRAD:
             g = g.masked_fill_(g.abs() < torch.finfo(g.dtype).tiny, 0.0)
         return g
 
