@@ -1,6 +1,10 @@
 """circuitlab: train small transformers from scratch and read how they compute."""
 
 from circuitlab.errors import CircuitlabError
+from circuitlab.mkl import use_strict_mode
+
+# before anything circuitlab runs multiplies: MKL reads MKL_CBWR at its first call (circuitlab.mkl; Intel CPUs only)
+use_strict_mode()
 
 __version__ = "0.1.0"
 

@@ -33,30 +33,10 @@ import platform
 import torch
 from torch import Tensor
 
+from circuitlab.mkl import cpu_flags as _cpu_flags, cpuinfo as _cpuinfo
+
 ENV = "CIRCUITLAB_MATMUL"
 CHOICES = ("auto", "onednn", "torch")
-
-
-def _cpuinfo() -> str:
-    """The start of /proc/cpuinfo (its first processors), or "" where there is none (not Linux)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return f.read(65536)
-    except OSError:
-        return ""
-
-
-def _cpu_flags() -> tuple[str, set[str]]:
-    """(vendor_id, flags) of the first CPU in /proc/cpuinfo; ("", set()) where there is none (not Linux)."""
-    vendor, flags = "", set()
-    for line in _cpuinfo().splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "vendor_id" and not vendor:
-            vendor = value.strip()
-        elif key.strip() == "flags":
-            flags = set(value.split())
-            break
-    return vendor, flags
 
 
 def cpu_name(cpuinfo: str | None = None) -> str | None:

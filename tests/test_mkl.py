@@ -1,0 +1,56 @@
+"""MKL's strict CNR mode (`circuitlab.mkl`): set on Intel CPUs as circuitlab is imported, nowhere else, never over a
+value the user set; where it is set, the grokking step is thread-invariant (what lets `reproduce` overlap it)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from circuitlab import mkl
+
+INTEL = "processor\t: 0\nvendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 106\nflags\t\t: fpu sse2 avx avx2 avx512f\n"
+AMD = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nflags\t\t: fpu sse2 avx avx2 avx512f\n"
+OLD_INTEL = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx\n"
+
+
+@pytest.mark.parametrize("text, environ, expected", [
+    (INTEL, {}, mkl.STRICT),  # Intel with AVX2: set
+    (AMD, {}, None),  # AMD, even with AVX-512: left as it was (oneDNN's products there; the README's values)
+    (OLD_INTEL, {}, None),  # no AVX2: the strict mode covers the AVX2 and AVX-512 branches only
+    ("", {}, None),  # no /proc/cpuinfo (not Linux)
+    (INTEL, {"MKL_CBWR": "AUTO"}, None),  # the user's choice stands
+])
+def test_the_strict_mode_is_set_on_intel_cpus_only_and_never_over_the_users_value(text, environ, expected):
+    before = dict(environ)
+    assert mkl.use_strict_mode(environ, text) == expected
+    assert environ == (before | {"MKL_CBWR": mkl.STRICT} if expected else before)
+
+
+def test_cpu_flags_reads_vendor_and_flags_of_the_first_cpu():
+    assert mkl.cpu_flags(INTEL + "\n" + AMD) == ("GenuineIntel", {"fpu", "sse2", "avx", "avx2", "avx512f"})
+
+
+PROGRAM = """
+import os
+import circuitlab
+import torch
+from circuitlab.experiments.grokking import grokking_preset
+from circuitlab.experiments.grokking.run import thread_invariant
+print(os.environ.get("MKL_CBWR"), thread_invariant(grokking_preset("paper"), 2))
+"""
+
+
+def test_importing_circuitlab_sets_the_mode_in_time_for_the_grokking_step_to_be_thread_invariant():
+    """In a fresh process without MKL_CBWR: `import circuitlab` sets it exactly where `strict_mode_applies` to this
+    CPU, and before MKL's first product: where it is set, the step gives the same bits on 1 and 2 threads (it
+    would not if MKL had read the variable before circuitlab set it: MKL reads it once)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MKL_CBWR", "CIRCUITLAB_THREADS")}
+    env["OMP_NUM_THREADS"] = "2"
+    done = subprocess.run([sys.executable, "-c", PROGRAM], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    value, invariant = done.stdout.split()
+    applies = mkl.strict_mode_applies(*mkl.cpu_flags())
+    assert value == (mkl.STRICT if applies else "None")
+    if applies:
+        assert invariant == "True"
