@@ -54,3 +54,19 @@ def test_importing_circuitlab_sets_the_mode_in_time_for_the_grokking_step_to_be_
     assert value == (mkl.STRICT if applies else "None")
     if applies:
         assert invariant == "True"
+
+
+def test_reproduce_says_how_to_get_the_overlap_back_where_the_users_mkl_cbwr_turned_the_strict_mode_off(monkeypatch):
+    from circuitlab.experiments import reproduce
+
+    intel, amd = mkl.cpu_flags(INTEL), mkl.cpu_flags(AMD)
+    monkeypatch.setattr(mkl, "cpu_flags", lambda text=None: intel)
+    monkeypatch.setenv("MKL_CBWR", "AUTO")
+    assert "MKL_CBWR=AUTO: unset it" in reproduce.mkl_hint()
+    monkeypatch.setenv("MKL_CBWR", mkl.STRICT)
+    assert reproduce.mkl_hint() == ""
+    monkeypatch.delenv("MKL_CBWR")
+    assert reproduce.mkl_hint() == ""  # unset: not the user's doing (MKL ran before circuitlab was imported)
+    monkeypatch.setenv("MKL_CBWR", "AUTO")
+    monkeypatch.setattr(mkl, "cpu_flags", lambda text=None: amd)
+    assert reproduce.mkl_hint() == ""

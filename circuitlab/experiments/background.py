@@ -6,7 +6,8 @@ core doing other work at full speed is worth 100%. So on a machine with two or m
 grokking stage first, on one thread, and runs the induction and circuits stages on the other cores; when they are
 done, the grokking process takes every core (`ThreadsFromFile`) and `reproduce` waits for it, showing its progress.
 Only where the step's results do not depend on the thread count (`grokking.run.thread_invariant`, checked first),
-so the overlap changes no number.
+so the overlap changes no number. On Intel CPUs that holds through MKL's strict CNR mode (`circuitlab.mkl`, since
+session 19; before it, session 18's Xeon ran the stage after the others).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from circuitlab.data import load_corpus
+from circuitlab import mkl
 from circuitlab.errors import CircuitlabError
 from circuitlab.experiments import framework, grokking, induction, ioi
 from circuitlab.experiments.background import BackgroundGrokking
@@ -136,7 +137,8 @@ def reproduce(preset: str, out: Path | str, progress: bool = True, log=print, co
     if overlap and not thread_invariant(grok_p, threads):
         overlap = False
         log(f"grokking (Nanda et al. 2023) runs after circuits, not beside them: on this machine its step rounds "
-            f"differently on 1 and {threads} threads, so switching the count mid-run would change its results")
+            f"differently on 1 and {threads} threads, so switching the count mid-run would change its results"
+            + mkl_hint())
     background = None
     if overlap:
         background = BackgroundGrokking(grok_p, grok_dir, threads=1)
@@ -179,6 +181,14 @@ def reproduce(preset: str, out: Path | str, progress: bool = True, log=print, co
     stage("report", report, False)
     atomic_write_text(out / "summary.json", json.dumps({k: v.to_json() for k, v in summary.items()}, indent=1))
     return summary
+
+
+def mkl_hint() -> str:
+    """Where the user's MKL_CBWR kept MKL's strict mode off on a CPU where circuitlab turns it on: what to do."""
+    value = os.environ.get(mkl.ENV)
+    if value is None or value == mkl.STRICT or not mkl.strict_mode_applies(*mkl.cpu_flags()):
+        return ""
+    return f" (MKL_CBWR={value}: unset it and circuitlab takes MKL's strict mode, thread-invariant on this CPU)"
 
 
 def count(claims: list) -> dict[str, int]:
