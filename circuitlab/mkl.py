@@ -15,8 +15,8 @@ AVX2 and `MKL_CBWR` is unset, it sets it. AMD CPUs are left as they were (MKL's 
 fast paths' products: already thread-invariant; every value the README quotes from them stays). Set `MKL_CBWR`
 yourself (`MKL_CBWR=AUTO`: MKL's default) to choose otherwise; child processes inherit it.
 
-Cost: none measurable on the grokking step (session 18: 29.3 epochs/s against 29.1 and 29.2 without it) and the LM
-step (`benchmarks/mkl_strict.py`). A process that multiplied with MKL before importing circuitlab keeps MKL's
+Cost (`benchmarks/mkl_strict.py`, session 19's Xeon): the grokking step 1.01x, the LM step 0.97x, within the
+spread of its rounds (36.0k-40.3k tokens/s strict, 36.7k-40.7k default). A process that multiplied with MKL before importing circuitlab keeps MKL's
 default mode; `reproduce` checks the thread invariance itself before it overlaps, so it only loses the overlap.
 """
 

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from circuitlab.data import load_corpus
 from circuitlab import mkl
+from circuitlab.data import load_corpus
 from circuitlab.errors import CircuitlabError
 from circuitlab.experiments import framework, grokking, induction, ioi
 from circuitlab.experiments.background import BackgroundGrokking
