@@ -17,7 +17,9 @@ yourself (`MKL_CBWR=AUTO`: MKL's default) to choose otherwise; child processes i
 
 Cost (`benchmarks/mkl_strict.py`, session 19's Xeon): the grokking step 1.01x, the LM step 0.97x, within the
 spread of its rounds (36.0k-40.3k tokens/s strict, 36.7k-40.7k default). A process that multiplied with MKL before importing circuitlab keeps MKL's
-default mode; `reproduce` checks the thread invariance itself before it overlaps, so it only loses the overlap.
+default mode, while the processes it starts inherit the variable and run in strict mode: import circuitlab before
+torch's first product (the command line does), or set MKL_CBWR before Python starts. `reproduce` checks the thread
+invariance before it overlaps and says so where it fails (`experiments.reproduce.mkl_hint`).
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ def cpu_flags(text: str | None = None) -> tuple[str, set[str]]:
             flags = set(value.split())
             break
     return vendor, flags
+
+
+def is_strict(value: str | None) -> bool:
+    """Whether an MKL_CBWR value asks for the strict mode (any branch: `AUTO,STRICT`, `AVX512,STRICT`, ...)."""
+    return value is not None and "STRICT" in (part.strip().upper() for part in value.split(","))
 
 
 def strict_mode_applies(vendor: str, flags: set[str]) -> bool:

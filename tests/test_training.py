@@ -409,8 +409,8 @@ def test_threads_leave_the_cores_other_work_is_using(monkeypatch):
 
 def test_a_run_resumes_with_the_thread_count_it_was_trained_with(tmp_path, monkeypatch):
     """torch's CPU thread count can change float rounding (MKL's default mode on Intel CPUs; session 8's machine), so
-    a run must resume on the count it was trained with. Here the loss is planted to depend on the count (times
-    1 + 1e-3 x threads), so the test runs on every machine, the kernels' rounding aside: the grokking preset's weights
+    a run must resume on the count it was trained with. Here the loss is planted to depend on the count (plus
+    1e-3 x threads x the sum of W_E, a gradient AdamW does not normalise away), so the test runs on every machine, the kernels' rounding aside: the grokking preset's weights
     after 40 epochs differ between 1 and 2 threads (checked first, so the test can fail). run.json records the count,
     and a resume under another count uses the recorded one, so it ends exactly where the uninterrupted run does."""
     from circuitlab.experiments.grokking.presets import grokking_model
@@ -418,7 +418,8 @@ def test_a_run_resumes_with_the_thread_count_it_was_trained_with(tmp_path, monke
 
     real = ModularAdditionTask.loss
     monkeypatch.setattr(ModularAdditionTask, "loss",
-                        lambda self, model, batch: real(self, model, batch) * (1 + 1e-3 * torch.get_num_threads()))
+                        lambda self, model, batch: real(self, model, batch)
+                        + 1e-3 * torch.get_num_threads() * model.W_E.sum())
     preset = grokking_model(epochs=40, log_every=10, checkpoint_every=20)
     m, t = preset.configs()
     before = torch.get_num_threads()

@@ -184,10 +184,14 @@ def reproduce(preset: str, out: Path | str, progress: bool = True, log=print, co
 
 
 def mkl_hint() -> str:
-    """Where the user's MKL_CBWR kept MKL's strict mode off on a CPU where circuitlab turns it on: what to do."""
+    """On a CPU where circuitlab turns MKL's strict mode on, why the thread-invariance check may have failed: the
+    user's MKL_CBWR kept it off, or MKL multiplied before circuitlab was imported (the variable came too late)."""
     value = os.environ.get(mkl.ENV)
-    if value is None or value == mkl.STRICT or not mkl.strict_mode_applies(*mkl.cpu_flags()):
+    if value is None or not mkl.strict_mode_applies(*mkl.cpu_flags()):
         return ""
+    if mkl.is_strict(value):
+        return (f" (MKL_CBWR={value}, but MKL may have multiplied before it was set: import circuitlab before "
+                f"torch's first product, or set it before Python starts)")
     return f" (MKL_CBWR={value}: unset it and circuitlab takes MKL's strict mode, thread-invariant on this CPU)"
 
 

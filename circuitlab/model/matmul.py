@@ -16,7 +16,7 @@ dL/dW = x^T g, dL/db = sum_rows g), each product through the backend that `backe
 
 - `CIRCUITLAB_MATMUL=onednn` or `torch` chooses; unset (`auto`), oneDNN where it is measured faster: an x86-64 AMD
   CPU with AVX-512, torch built with MKL and oneDNN. Elsewhere torch's own `addmm` (Intel CPUs, where MKL uses
-  AVX-512, in its strict CNR mode: `circuitlab.mkl`; ARM; GPUs: a CUDA tensor always takes torch's path).
+  AVX-512, in its strict CNR mode where circuitlab sets it: `circuitlab.mkl`; ARM; GPUs: a CUDA tensor always takes torch's path).
 
 Both backends compute the same float32 products up to rounding (the order of the sums differs), so a model trained
 with one and then the other does not follow the same trajectory to the bit; each one's results do not depend on the
