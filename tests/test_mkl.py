@@ -87,7 +87,7 @@ def test_reproduce_says_why_the_overlap_is_off_where_mkl_cbwr_is_the_reason(monk
     monkeypatch.setenv("MKL_CBWR", "AVX512,STRICT")  # strict, on another branch: the variable came too late
     assert "before it was set" in reproduce.mkl_hint()
     monkeypatch.delenv("MKL_CBWR")
-    assert reproduce.mkl_hint() == ""  # unset on an Intel CPU: circuitlab was not imported first, nothing to say
+    assert reproduce.mkl_hint() == ""  # unset: no value of the user's to name (import circuitlab would have set it)
     monkeypatch.setenv("MKL_CBWR", "AUTO")
     monkeypatch.setattr(mkl, "cpu_flags", lambda text=None: amd)
     assert reproduce.mkl_hint() == ""
