@@ -151,6 +151,26 @@ def test_claims_over_seeds_give_k_of_n_and_the_spread_of_every_number():
     assert spread(["ICL -0.129 → -0.418", "ICL -0.123 → -0.388"]) == "ICL -0.129…-0.123 → -0.418…-0.388"
     assert spread(["window none found", "window 1.0M–2.0M"]) == "seed 0: window none found | seed 1: window 1.0M–2.0M"
     c = lambda v, m: Claim("P", "claim", "e", m, v)  # noqa: E731
+    # the IOI claims name heads as the claims write them (`_heads`, `_set`): a head is never ranged with another
+    from circuitlab.experiments.ioi.claims import _heads, _set
+
+    movers = [f"{_heads(hs)}; copy score {s}%" for hs, s in (([(23, 0), (23, 2), (23, 7)], 86),
+                                                                ([(23, 0), (23, 5), (23, 7)], 80))]
+    assert movers[0] == "heads 23.0, 23.2, 23.7; copy score 86%"
+    assert spread(movers) == f"seed 0: {movers[0]} | seed 1: {movers[1]}"  # not "23.2…23.5"
+    assert spread([movers[0], movers[0].replace("86", "80")]) == "heads 23.0, 23.2, 23.7; copy score 80…86%"
+    ends = [_heads([(19, 2), (20, h)]) for h in (0, 1)]  # a list at the end of the text, or before the gate's " —"
+    assert spread(ends) == "seed 0: heads 19.2, 20.0 | seed 1: heads 19.2, 20.1"
+    assert spread([f"{_heads([(16, h)])} — judged only on a model that does IOI" for h in (0, 1)]).startswith("seed 0")
+    assert spread([f"largest 4.{d} (class: negative name mover: {_set([(24, h)])}) of 10 K" for d, h in
+                   ((58, 4), (61, 5))]) == ("seed 0: largest 4.58 (class: negative name mover: {24.4}) of 10 K | "
+                                            "seed 1: largest 4.61 (class: negative name mover: {24.5}) of 10 K")
+    assert spread([f"shared: {_heads([(9, h)])})" for h in (9, 6)]) == "seed 0: shared: head 9.9) | seed 1: shared: head 9.6)"
+    # ... and the numbers beside them still range
+    assert spread([f"weakest {_heads([(19, 2)])}: {x} (3.9% of F(M)); a random set of 13 heads: F {f}" for x, f in
+                   (("0.199", "0.15"), ("0.210", "0.20"))]) == \
+        "weakest head 19.2: 0.199…0.210 (3.9% of F(M)); a random set of 13 heads: F 0.15…0.20"
+    assert _heads([]) == "none" and _set(["16.0", (24, 4)]) == "{16.0, 24.4}"
     seeds = [[c("reproduced", "x 1"), c("differs", "y")], [c("not reproduced", "x 3"), c("differs", "y")],
              [c("reproduced", "x 2"), c("differs", "y")]]
     a, b = aggregate(seeds)

@@ -24,10 +24,10 @@ from circuitlab.training.presets import ExperimentPreset
 # decimal part, an exponent ("3.27e-07"), a sign only where no digit or letter precedes it (the dash of a range
 # "2,304,000-5,632,000" is not a minus)
 NUMBER = re.compile(r"(?:(?<![\w.])[-+−])?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?")
-# the names of things, not measurements: a list or a map in brackets (key frequencies, clusters), heads named
-# LAYER.HEAD after "head"/"heads" (then ":", ";", " (" or " puts": "individual heads 2.59 nats" is a measurement),
-# in a composition "0.1 → 1.3" or as "1.3's"
-NAMES = re.compile(r"\[[^\]]*\]|\{[^}]*\}|\bheads? \d+\.\d+(?:, \d+\.\d+)*(?=[:;]| \(| puts)|"
+# the names of things, not measurements: a list, map or set in brackets (key frequencies, clusters, a set of heads
+# K), heads named LAYER.HEAD after "head"/"heads" (then ":", ";", ")", " (", " puts", " —" or the end: "individual
+# heads 2.59, virtual heads 0.09 nats" is a measurement), in a composition "0.1 → 1.3" or as "1.3's"
+NAMES = re.compile(r"\[[^\]]*\]|\{[^}]*\}|\bheads? \d+\.\d+(?:, \d+\.\d+)*(?=[:;)]| \(| puts| —|$)|"
                    r"composition \d+\.\d+ → \d+\.\d+|\d+\.\d+'s")
 
 

@@ -46,7 +46,15 @@ MINIMAL = 0.01
 
 
 def _heads(hs) -> str:
-    return ", ".join(str(Head(*h)) for h in hs) or "none"
+    """"head 24.4", "heads 23.0, 23.2, 23.7" or "none": named so that `seeds.spread` keeps heads as names, never as
+    numbers to range over seeds (it ranges "0.15" and "0.20", but lists "head 19.1" and "head 19.2" per seed)."""
+    names = [h if isinstance(h, str) else str(Head(*h)) for h in hs]
+    return f"head{'s' if len(names) > 1 else ''} {', '.join(names)}" if names else "none"
+
+
+def _set(hs) -> str:
+    """A set of heads K in set notation, "{16.0, 24.4, 29.0}" (`seeds.spread` reads braces as names too)."""
+    return "{" + ", ".join(h if isinstance(h, str) else str(Head(*h)) for h in hs) + "}"
 
 
 def ioi_claims(r: "IOIResults") -> list[Claim]:
@@ -101,7 +109,7 @@ def ioi_claims(r: "IOIResults") -> list[Claim]:
                         f"F(C) ≥ {FAITHFUL:.0%} of F(M), above a random set of as many heads (GPT-2: F(C) keeps 87%, "
                         "|F(M) − F(C)| = 0.46; everything outside C mean-ablated over p_ABC per template)",
                         f"{len(circuit)} heads ({len(c.get('other', []))} of them unnamed): F(M) {ev.F_M:.2f}, F(C) {ev.F_C.get('mean', 0.0):.2f} ({share:.0%}); "
-                        f"random {len(ev.random_heads)} heads {ev.F_random.get('mean', 0.0):.2f}; F(C) with resample "
+                        f"a random set of {len(ev.random_heads)} heads: F {ev.F_random.get('mean', 0.0):.2f}; F(C) with resample "
                         f"ablation {ev.F_C.get('resample', 0.0):.2f}, zero ablation {ev.F_C.get('zero', 0.0):.2f}"
                         + gate, verdict(does and bool(circuit) and share >= FAITHFUL
                                         and ev.F_C.get("mean", 0.0) > ev.F_random.get("mean", 0.0)), "ioi-evaluation"))
@@ -110,20 +118,20 @@ def ioi_claims(r: "IOIResults") -> list[Claim]:
     claims.append(Claim(PAPER, "Completeness for whole classes and random subsets: knocking them out hurts the "
                         "circuit as much as the model", f"|F(C \\ K) − F(M \\ K)| ≤ {COMPLETE:.0%} of F(M) for every "
                         "class and random K (GPT-2: small for these K)",
-                        (f"largest {worst.score:.2f} ({worst.how}: {_heads(worst.K)}) of {len(soft)} K"
+                        (f"largest {worst.score:.2f} ({worst.how}: {_set(worst.K)}) of {len(soft)} K"
                          if worst else "not measured") + gate,
                         verdict(does and worst is not None and worst.score <= COMPLETE * abs(ev.F_M)),
                         "ioi-evaluation"))
     g = ev.greedy()
     claims.append(Claim(PAPER, "A greedy search finds a K that breaks completeness (the circuit is incomplete)",
                         f"greedy incompleteness > {COMPLETE:.0%} of F(M) (GPT-2: up to 3.09 of 3.56)",
-                        (f"{g.score:.2f} ({100 * g.score / abs(ev.F_M):.0f}% of F(M)) with K = {_heads(g.K)}"
+                        (f"{g.score:.2f} ({100 * g.score / abs(ev.F_M):.0f}% of F(M)) with K = {_set(g.K)}"
                          if g and ev.F_M else "not measured") + gate,
                         verdict(does and g is not None and g.score > COMPLETE * abs(ev.F_M)), "ioi-evaluation"))
     weakest = min(ev.minimality.items(), key=lambda kv: kv[1]) if ev.minimality else None
     claims.append(Claim(PAPER, "Minimality: every head of the circuit matters for some K",
                         f"|F(C \\ (K ∪ {{v}})) − F(C \\ K)| ≥ {MINIMAL:.0%} of F(M) for each head v",
-                        (f"weakest {weakest[0]}: {weakest[1]:.3f} ({100 * weakest[1] / abs(ev.F_M):.1f}% of F(M)); "
+                        (f"weakest head {weakest[0]}: {weakest[1]:.3f} ({100 * weakest[1] / abs(ev.F_M):.1f}% of F(M)); "
                          f"{len(ev.minimality)} heads" if weakest and ev.F_M else "not measured") + gate,
                         verdict(does and weakest is not None and weakest[1] >= MINIMAL * abs(ev.F_M)),
                         "ioi-evaluation"))
@@ -142,6 +150,6 @@ def _gpt2_claims(r: "IOIResults", gate: str, does: bool) -> list[Claim]:
         v = ("reproduced" if 2 * len(shared) >= len(paper) else "differs" if got else "not reproduced") if does \
             else "not reproduced"
         out.append(Claim(PAPER, f"GPT-2 small's {cls} heads", ", ".join(paper),
-                         f"{', '.join(got) or 'none'} (shared: {', '.join(shared) or 'none'})" + gate, v,
+                         f"{_heads(got)} (shared: {_heads(shared)})" + gate, v,
                          "ioi-circuit"))
     return out
