@@ -284,3 +284,64 @@ def test_a_rotary_gqa_model_works_too(tiny_gpt2, tmp_path):
     d = direct_logit_attribution(model, clean, metric.answer, metric.wrong)
     assert d.explained == pytest.approx(d.total, abs=1e-4)
     assert logit_lens(model, clean, metric.answer, metric.wrong).logit_diff[-1] == pytest.approx(d.total, abs=1e-4)
+
+
+def test_reusing_clean_runs_runs_each_clean_and_corrupted_run_once_with_the_same_results():
+    """Path patching's steps (the IOI experiment's four) each start from the same clean and corrupted runs: inside
+    `reusing_clean_runs` each runs once, on our model and on the bridge, and every number is the same to the bit;
+    a weight changed in place or a hook left on the model means running again."""
+    from circuitlab.patching import path_attribution, reusing_clean_runs
+
+    m, bridge, g = _twins()
+    clean, corrupt = torch.randint(0, 50, (4, 10), generator=g), torch.randint(0, 50, (4, 10), generator=g)
+    ans, wrong = torch.tensor([1, 2, 3, 4]), torch.tensor([5, 6, 7, 8])
+
+    def steps(x):  # as analyze_ioi's steps call them: a new metric object each, on the same tensors
+        out = []
+        for receivers in ("logits", [(1, 0)], [(1, 2)]):
+            for f in (path_attribution, path_patch):
+                r = f(x, clean, corrupt, LogitDiff(ans, wrong), receivers, ("q",))
+                out += [r.tensor(), torch.tensor([r.clean, r.corrupted])]
+        return out
+
+    for x in (m, bridge):
+        calls = []
+        forward = x.forward
+        x.forward = lambda *a, **k: (calls.append(1), forward(*a, **k))[1]
+        try:
+            plain = steps(x)
+            n_plain = len(calls)
+            with reusing_clean_runs():
+                calls.clear()
+                reused = steps(x)
+                n_reused = len(calls)
+                # an in-place change of a weight: the clean runs are computed again, and give other numbers
+                with torch.no_grad():
+                    next(iter(x.parameters())).mul_(1.5)
+                calls.clear()
+                changed = steps(x)
+                assert len(calls) == n_reused and not torch.equal(changed[1], reused[1])
+                with torch.no_grad():
+                    next(iter(x.parameters())).div_(1.5)
+                # a hook left on the model: nothing is reused
+                handle = x.hook_dict["blocks.0.hook_resid_pre"].register_forward_hook(lambda *a: None)
+                calls.clear()
+                steps(x)
+                handle.remove()
+                assert len(calls) == n_plain
+            calls.clear()
+            steps(x)
+            assert len(calls) == n_plain  # outside the block nothing is kept
+        finally:
+            del x.forward
+        assert all(torch.equal(a, b) for a, b in zip(plain, reused))
+        assert n_reused <= n_plain - 4 * (3 * 2 - 1)  # 4 clean/corrupted runs per call, the first call's kept
+    from circuitlab.patching.common import cache_sites
+
+    with reusing_clean_runs():  # a caller that writes into a kept activation makes it stale: it is computed again
+        first = cache_sites(m, clean, ["blocks.0.attn.hook_z"])["blocks.0.attn.hook_z"]
+        kept = first.clone()
+        assert cache_sites(m, clean, ["blocks.0.attn.hook_z"])["blocks.0.attn.hook_z"] is first
+        first.add_(1.0)
+        again = cache_sites(m, clean, ["blocks.0.attn.hook_z"])["blocks.0.attn.hook_z"]
+        assert again is not first and torch.equal(again, kept)

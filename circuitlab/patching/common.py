@@ -12,6 +12,8 @@ A mask may also be given per prompt ([k, batch, ...]: a receiver's query at each
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -124,23 +126,94 @@ class PatchingResult(Result):
         return (self.tensor() - self.corrupted) / gap
 
 
+_reused: list | None = None  # inside `reusing_clean_runs`: [(kind, model, tokens, state, key, result, versions)]
+
+
+@contextlib.contextmanager
+def reusing_clean_runs():
+    """Inside the block, `mean_metric` and `cache_sites` give back what an identical earlier call of theirs computed
+    instead of running the model again: the same model (weights unchanged, no hooks left on it), the same token
+    tensor (unchanged), the same metric (a dataclass metric such as `LogitDiff` counts as the same when its fields
+    are the same tensors and values) or hook names. Path patching's steps (Wang et al. 2022, appendix B) each start
+    from the same clean and corrupted runs: the IOI experiment's four steps ran each of them four times. The same
+    call on the same inputs gives the same bits, so nothing it returns changes."""
+    global _reused
+    outer, _reused = _reused, ([] if _reused is None else _reused)
+    try:
+        yield
+    finally:
+        _reused = outer
+
+
+def _same(a, b) -> bool:
+    """Tensors: the same object; anything else: the same type and equal (False where equality is not a bool)."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return a is b
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except (RuntimeError, TypeError, ValueError):
+        return a is b
+
+
+def _metric_key(metric) -> tuple:
+    """What makes two metric objects the same metric: a dataclass's type and fields; else the object itself."""
+    if dataclasses.is_dataclass(metric) and not isinstance(metric, type):
+        return (type(metric), *(getattr(metric, f.name) for f in dataclasses.fields(metric)))
+    return (metric,)
+
+
+def _state(model, tokens: Tensor):
+    """The in-place version of every parameter and of the tokens, or None where a hook is left on one of the model's
+    hook points (its output may then depend on more than these; a TransformerBridge's own wiring hooks on its
+    components are part of the model)."""
+    if any(hp._forward_hooks or hp._forward_pre_hooks for hp in model.hook_dict.values()):
+        return None
+    return tuple(p._version for p in model.parameters()) + (tokens._version,)
+
+
+def _versions(result) -> tuple:
+    """The in-place versions of the tensors a result holds (a caller that wrote into one makes it stale)."""
+    return tuple(t._version for t in result.values()) if isinstance(result, dict) else ()
+
+
+def _reuse(kind: str, model, tokens: Tensor, key: tuple, compute: Callable):
+    if _reused is None:
+        return compute()
+    state = _state(model, tokens)
+    if state is not None:
+        for k, m, t, s, kk, result, v in _reused:
+            if k == kind and m is model and t is tokens and s == state and len(kk) == len(key) and \
+                    all(_same(a, b) for a, b in zip(kk, key)) and _versions(result) == v:
+                return result
+    result = compute()
+    if state is not None:
+        _reused.append((kind, model, tokens, state, key, result, _versions(result)))
+    return result
+
+
 def mean_metric(model, tokens: Tensor, metric: Metric) -> float:
-    with torch.no_grad():
-        return float(metric(model(tokens)).mean())
+    def compute():
+        with torch.no_grad():
+            return float(metric(model(tokens)).mean())
+
+    return _reuse("metric", model, tokens, _metric_key(metric), compute)
 
 
 def cache_sites(model, tokens: Tensor, names: list[str]) -> dict[str, Tensor]:
     """Activations at hook `names` on `tokens`, detached (a hook the forward pass does not reach is left out)."""
-    keep = set(names)
-    with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in keep)
-    out = {}
-    for n in names:
-        try:
-            out[n] = cache[n].detach()
-        except KeyError:  # a hook the forward pass never reaches (a rotary model's hook_pos_embed)
-            continue
-    return out
+    def compute():
+        keep = set(names)
+        with torch.no_grad():
+            _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in keep)
+        out = {}
+        for n in names:
+            try:
+                out[n] = cache[n].detach()
+            except KeyError:  # a hook the forward pass never reaches (a rotary model's hook_pos_embed)
+                continue
+        return out
+
+    return dict(_reuse("sites", model, tokens, tuple(names), compute))
 
 
 class Stop(Exception):

@@ -20,6 +20,7 @@ classified by these steps and scores, never by a list of head numbers.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -31,7 +32,7 @@ from circuitlab.experiments.ioi.results import Behaviour, IOIResults, PathStep
 from circuitlab.heads import Head
 from circuitlab.patching.ablation import replacement
 from circuitlab.patching.circuit import Knockout, evaluate_circuit
-from circuitlab.patching.common import LogitDiff, PatchingResult, dims, final_ln, hook_name
+from circuitlab.patching.common import LogitDiff, PatchingResult, dims, final_ln, hook_name, reusing_clean_runs
 from circuitlab.patching.path import path_attribution, path_patch
 
 # A head joins a step's set when patching its path moves the logit difference by at least 5% of the clean value
@@ -211,6 +212,30 @@ def _step(model, data: IOIDataset, exact_data: IOIDataset, name: str, receivers,
                     selected, agreement)
 
 
+def path_steps(model, data: IOIDataset, exact: IOIDataset, attention: dict, uniform: dict, top: int,
+               lap: Callable[[str], None] = lambda part: None, reuse: bool = True) -> tuple[list[PathStep], dict]:
+    """The four path-patching steps backwards from the logits (module docstring), each classifying the heads found
+    so far to pick the next step's receivers; (steps, classes). reuse: the steps share their clean and corrupted
+    runs (`patching.reusing_clean_runs`: each runs once, the same numbers; `benchmarks/ioi_reuse.py` times both)."""
+    L, H = dims(model)
+    with reusing_clean_runs() if reuse else contextlib.nullcontext():
+        steps = [_step(model, data, exact, "logits", "logits", "z", "END", top)]
+        lap("path patching: logits")
+        found = classify(steps, attention, uniform)
+        chain = [("name mover queries", "name mover", "q", "END"), ("S-inhibition values", "S-inhibition", "v", "S2"),
+                 ("induction keys", "induction", "k", "S1+1")]
+        for name, receivers_class, site, position in chain:
+            receivers = found[receivers_class]
+            if receivers and min(r.layer for r in receivers) > 0:
+                steps.append(_step(model, data, exact, name, receivers, site, position, top))
+            else:
+                steps.append(_empty_step(name, site, position, L, H, f"no {receivers_class} heads to receive"
+                                         if not receivers else f"the {receivers_class} heads are in layer 0"))
+            found = classify(steps, attention, uniform)
+            lap(f"path patching: {name}")
+    return steps, found
+
+
 def _empty_step(name: str, site: str, position: str, L: int, H: int, why: str) -> PathStep:
     blank = PatchingResult("z", f"not run: {why}", ["layer", "head"], [L, H], [0.0] * (L * H), 0.0, 0.0)
     return PathStep(name, [], site, position, blank, blank, {}, [])
@@ -274,26 +299,11 @@ def analyze_ioi(model, tokenizer, label: str, about: list[str], settings: dict, 
         raise CircuitlabError(f"the IOI prompts take up to {data.tokens.shape[1]} tokens and this model's context is "
                               f"{model.cfg.n_ctx}: use a model with a longer context")
     exact = data.first(min(settings["n_exact"], len(data)))
-    L, H = dims(model)
     b = behaviour(model, data)
     lap("behaviour")
     attention, uniform = attention_scores(model, exact)
     lap("attention scores")
-    top = settings["top"]
-    steps = [_step(model, data, exact, "logits", "logits", "z", "END", top)]
-    lap("path patching: logits")
-    found = classify(steps, attention, uniform)
-    chain = [("name mover queries", "name mover", "q", "END"), ("S-inhibition values", "S-inhibition", "v", "S2"),
-             ("induction keys", "induction", "k", "S1+1")]
-    for name, receivers_class, site, position in chain:
-        receivers = found[receivers_class]
-        if receivers and min(r.layer for r in receivers) > 0:
-            steps.append(_step(model, data, exact, name, receivers, site, position, top))
-        else:
-            steps.append(_empty_step(name, site, position, L, H, f"no {receivers_class} heads to receive"
-                                     if not receivers else f"the {receivers_class} heads are in layer 0"))
-        found = classify(steps, attention, uniform)
-        lap(f"path patching: {name}")
+    steps, found = path_steps(model, data, exact, attention, uniform, settings["top"], lap)
     backups, backup_rise = backup_name_movers(model, exact, found["name mover"], b.logit_diff)
     found["backup name mover"] = [h for h in backups if not any(h in v for c, v in found.items()
                                                                 if c not in ("backup name mover", "other"))]
