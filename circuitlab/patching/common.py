@@ -138,7 +138,7 @@ def reusing_clean_runs():
     from the same clean and corrupted runs: the IOI experiment's four steps ran each of them four times. The same
     call on the same inputs gives the same bits, so nothing it returns changes. The kept activations are held until
     the block ends (the IOI quick preset on SmolLM2-135M: every layer's z for 64 + 24 prompts and their p_ABC
-    twins, some 250 MB by their shapes)."""
+    twins, 232 MB in float32)."""
     global _reused
     outer, _reused = _reused, ([] if _reused is None else _reused)
     try:
