@@ -469,3 +469,36 @@ def test_a_run_resumes_with_the_matmul_backend_it_was_trained_with(tmp_path):
     got = resumed.model().state_dict()
     assert all(torch.equal(got[k], weights["onednn"][k]) for k in got)
     assert json.loads((tmp_path / "r" / "run.json").read_text())["matmul"] == "onednn"
+
+
+def test_training_skips_the_deterministic_fill_of_new_tensors_and_changes_no_number(tiny_data, tiny_cfg, tmp_path,
+                                                                                     monkeypatch):
+    """`train` runs deterministic algorithms without torch's NaN fill of every new tensor
+    (`loop.deterministic_kernels`), and restores the caller's settings after. The fill only matters to a kernel that
+    reads memory it never wrote; a language model and the grokking model train to the same weights and metrics to
+    the bit with it as without it."""
+    import torch.utils.deterministic as deterministic
+
+    import circuitlab.training.loop as loop
+    from circuitlab.experiments.grokking import grokking_model
+    from circuitlab.training import ModularAdditionTask
+
+    seen = []
+    spy = lambda ctx: seen.append((torch.are_deterministic_algorithms_enabled(),  # noqa: E731
+                                   deterministic.fill_uninitialized_memory)) or None
+    g = grokking_model(p=13, d_model=16, d_mlp=32, n_heads=2, d_head=8, epochs=20, checkpoint_every=20, log_every=5)
+    gm, gt = g.configs()
+    runs = {}
+    for fill in (False, True):
+        monkeypatch.setattr(loop, "FILL_UNINITIALIZED", fill)
+        assert deterministic.fill_uninitialized_memory and not torch.are_deterministic_algorithms_enabled()
+        seen.clear()
+        lm = train(tiny_cfg, tcfg(max_steps=16), tiny_data, tmp_path / f"lm{fill}", progress=False, callbacks=[spy])
+        assert set(seen) == {(True, fill)}  # inside the loop: deterministic, the fill as set
+        runs[fill] = lm, train(gm, gt, ModularAdditionTask(**g.task), tmp_path / f"g{fill}", progress=False)
+    assert deterministic.fill_uninitialized_memory and not torch.are_deterministic_algorithms_enabled()  # restored
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("tokens_per_s", "mfu")} for r in rows]  # noqa: E731
+    for without, with_fill in zip(runs[False], runs[True]):
+        for (name, p), q in zip(without.model().named_parameters(), with_fill.model().parameters()):
+            assert torch.equal(p, q), name
+        assert strip(without.metrics) == strip(with_fill.metrics)

@@ -14,12 +14,13 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.utils.deterministic as deterministic
 
 from circuitlab.data.tokens import TokenData
 from circuitlab.errors import CircuitlabError
@@ -233,13 +234,37 @@ def train(
     return run
 
 
+@contextmanager
+def deterministic_kernels():
+    """Deterministic kernels while training (`torch.use_deterministic_algorithms(True, warn_only=True)`), without
+    their filling of every new tensor; the caller's settings are restored after.
+
+    Why deterministic: with two or more threads the CPU backward of advanced indexing (the grokking step's gathers)
+    accumulates in a varying order, so two runs of the same command drifted apart (measured: different weights after
+    400 epochs of the paper's preset, equal with this on, and no slower). Why no filling: with deterministic
+    algorithms on, torch also fills the memory of every tensor it allocates uninitialised (`torch.empty`, every
+    kernel's output) with NaN (`torch.utils.deterministic.fill_uninitialized_memory`), so that a kernel that reads
+    memory it never wrote reads the same values on every run. The training steps' kernels overwrite what they
+    allocate, so there the fill is one more pass over each new tensor that changes no result (tests/test_training.py
+    trains a language model and the grokking model with and without it: the same weights and metrics to the bit;
+    a kernel that read unwritten memory would differ between the two). Measured: `benchmarks/deterministic_fill.py`."""
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                deterministic.fill_uninitialized_memory)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    deterministic.fill_uninitialized_memory = FILL_UNINITIALIZED
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        deterministic.fill_uninitialized_memory = previous[2]
+
+
+FILL_UNINITIALIZED = False  # True brings torch's NaN fill back (the comparison in tests and benchmarks)
+
+
 def _checked_train(model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task, out: Path, resume: bool, callbacks,
                    progress: bool, stop_at: int | None, ranks: distributed.Ranks) -> Run:
     distributed.check_split(task.batch_rows(train_cfg), ranks)
-    # Deterministic kernels: with two or more threads the CPU backward of advanced indexing (the grokking step's
-    # gathers) accumulates in a varying order, so two runs of the same command drifted apart (measured: different
-    # weights after 400 epochs of the paper's preset, equal with this on, and no slower).
-    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     if out.exists() and not out.is_dir():
         raise CircuitlabError(f"--out {out} is a file, not a folder: choose a folder for the run")
     if not resume and _holds_run(out):  # said before taking the lock, which would create the folder
@@ -249,13 +274,11 @@ def _checked_train(model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task, o
             any(p.name != LOCK_NAME and p not in orphans for p in out.iterdir()):
         raise CircuitlabError(f"{out} exists and is not empty but holds no run: choose an empty or new --out")
     distributed.barrier(ranks)  # every rank has checked the folder before rank 0 writes to it
-    torch.use_deterministic_algorithms(True, warn_only=True)
     threads = torch.get_num_threads()  # a resume may match the run's own count (_match_threads); restored after
     try:
-        with _run_matmul(out, resume):
+        with deterministic_kernels(), _run_matmul(out, resume):
             return _locked_train(model_cfg, train_cfg, task, out, resume, callbacks, progress, stop_at, ranks)
     finally:
-        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
 

@@ -56,28 +56,26 @@ def thread_invariant(preset: ExperimentPreset, threads: int, epochs: int = 3) ->
     import torch
 
     from circuitlab.model import Transformer
-    from circuitlab.training.loop import make_optimizer
+    from circuitlab.training.loop import deterministic_kernels, make_optimizer
 
     model = preset.models["grokking"]
     m, t = model.configs()
     task = ModularAdditionTask(**model.task)
     task.prepare(m, t, torch.device("cpu"))
     first = Transformer(m)
-    saved, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    saved = torch.get_num_threads()
     ends = []
     try:
-        torch.use_deterministic_algorithms(True, warn_only=True)  # as the training loop runs it
-        for n in (1, threads):
-            torch.set_num_threads(n)
-            net = copy.deepcopy(first)
-            opt = make_optimizer(net, t)
-            for step in range(epochs):
-                task.loss(net, task.batch(step)).backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            ends.append((torch.cat([p.detach().flatten() for p in net.parameters()]), task.evaluate(net, epochs)))
+        with deterministic_kernels():  # as the training loop runs it
+            for n in (1, threads):
+                torch.set_num_threads(n)
+                net = copy.deepcopy(first)
+                opt = make_optimizer(net, t)
+                for step in range(epochs):
+                    task.loss(net, task.batch(step)).backward()
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                ends.append((torch.cat([p.detach().flatten() for p in net.parameters()]), task.evaluate(net, epochs)))
     finally:
         torch.set_num_threads(saved)
-        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
     return torch.equal(ends[0][0], ends[1][0]) and ends[0][1] == ends[1][1]
