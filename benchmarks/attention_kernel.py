@@ -43,10 +43,17 @@ HERE = Path(__file__).parent
 def build() -> ctypes.CDLL:
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
-        sys.exit("attention_kernel: no C compiler (cc or gcc) on PATH: install one to build benchmarks/attention16.c")
+        print("attention_kernel: no C compiler (cc or gcc) on PATH: install one to build benchmarks/attention16.c",
+              file=sys.stderr)
+        sys.exit(2)
     out = Path(tempfile.mkdtemp()) / "attention16.so"
-    subprocess.run([cc, "-O3", "-march=native", "-ffast-math", "-fPIC", "-shared", "-o", str(out),
-                    str(HERE / "attention16.c"), "-lm"], check=True)
+    built = subprocess.run([cc, "-O3", "-march=native", "-ffast-math", "-fPIC", "-shared", "-o", str(out),
+                            str(HERE / "attention16.c"), "-lm"], capture_output=True, text=True)
+    if built.returncode != 0:
+        first = (built.stderr.strip().splitlines() or ["no message"])[0]
+        print(f"attention_kernel: {cc} could not build benchmarks/attention16.c ({first}): it needs GCC's vector "
+              "extensions and -march=native (GCC or Clang on x86-64)", file=sys.stderr)
+        sys.exit(2)
     lib = ctypes.CDLL(str(out))
     P, I, L, Fl = ctypes.c_void_p, ctypes.c_int, ctypes.c_longlong, ctypes.c_float
     lib.attn16_fwd.argtypes = [P] * 5 + [I] * 3 + [L] * 12 + [Fl, I, I]
