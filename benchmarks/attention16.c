@@ -8,7 +8,10 @@
    recompute the pattern. Forward per query i: s_j = scale q_i . k_j (j <= i), p = softmax(s), o_i = sum_j p_j v_j.
    Backward: D_i = dO_i . o_i, dP_ij = dO_i . v_j, dS_ij = p_ij (dP_ij - D_i), dq_i = scale sum_j dS_ij k_j,
    dk_j += scale dS_ij q_i, dv_j += p_ij dO_i. Scores are computed 16 keys at a time from a transposed K (or V);
-   the output and gradients are 16-wide vectors (GCC vector extensions). T <= 512. */
+   the output and gradients are 16-wide vectors (GCC vector extensions). T <= 512. The (batch, head) pairs are
+   shared out over OpenMP threads (built against the libgomp torch itself loads, so torch's thread count and
+   thread pool are the kernel's); each pair is computed whole by one thread, so the result is the same on any
+   thread count. */
 #define E 16
 #define TMAX 512
 typedef long long ll;
@@ -60,6 +63,7 @@ static void fwd_bh(const float *restrict q, const float *restrict k, const float
 void attn16_fwd(const float *q, const float *k, const float *v, float *o, float *lse, int B, int H, int T,
                 ll sb_q, ll st_q, ll sh_q, ll sb_k, ll st_k, ll sh_k, ll sb_v, ll st_v, ll sh_v,
                 ll sb_o, ll st_o, ll sh_o, float scale, int bh0, int bh1) {
+    #pragma omp parallel for schedule(static)
     for (int bh = bh0; bh < bh1; bh++) {
         int b = bh / H, h = bh % H;
         fwd_bh(q + b * sb_q + h * sh_q, k + b * sb_k + h * sh_k, v + b * sb_v + h * sh_v, o + b * sb_o + h * sh_o,
@@ -110,6 +114,7 @@ void attn16_bwd(const float *q, const float *k, const float *v, const float *o, 
                 ll sb_o, ll st_o, ll sh_o, ll sb_do, ll st_do, ll sh_do,
                 ll sb_dq, ll st_dq, ll sh_dq, ll sb_dk, ll st_dk, ll sh_dk, ll sb_dv, ll st_dv, ll sh_dv,
                 float scale, int bh0, int bh1) {
+    #pragma omp parallel for schedule(static)
     for (int bh = bh0; bh < bh1; bh++) {
         int b = bh / H, h = bh % H;
         bwd_bh(q + b * sb_q + h * sh_q, k + b * sb_k + h * sh_k, v + b * sb_v + h * sh_v, o + b * sb_o + h * sh_o,

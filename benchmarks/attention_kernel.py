@@ -2,17 +2,17 @@
 
 A prototype, not used by circuitlab: torch's `scaled_dot_product_attention` takes ~35% of the induction stage's
 step on one thread (README, "Performance", session 21), so this measures what a kernel of our own would buy. It
-compiles attention16.c with the system's C compiler (`cc -O3 -march=native -ffast-math`) into a temporary folder,
-calls it through ctypes on the same strided q, k, v views the fast path passes to torch, and reports:
+compiles attention16.c with the system's C compiler (`cc -O3 -march=native -ffast-math -fopenmp`, linked to torch's
+own libgomp) into a temporary folder, calls it through ctypes on the same strided q, k, v views the fast path passes
+to torch, and reports:
 
 - how far its output and gradients are from torch's (it sums in another order, so not the same bits);
 - one layer's forward and backward at the induction preset's shapes (batch 8 x 4 heads x 128 x 16), alternating
-  with torch's kernel, one thread;
-- the induction stage's 2L training step (the quick preset, one thread, as its worker runs it) with either kernel,
-  alternating, and how far the two copies' weights are apart after the rounds.
-
-Only one thread: the kernel splits no work over threads, and Python threads beside torch's own spinning worker
-threads lost time. Writes JSON to benchmarks/results/.
+  with torch's kernel;
+- the induction stage's 2L training step (the quick preset; its worker runs it on one thread) with either kernel,
+  alternating, and how far the two copies' weights are apart after the rounds;
+- each on 1 and on 2 threads (the kernel shares its (batch, head) pairs out over torch's own OpenMP threads), and
+  whether our kernel gives the same bits on both counts. Writes JSON to benchmarks/results/.
 
     .venv/bin/python benchmarks/attention_kernel.py [--rounds 6]
 """
@@ -47,12 +47,14 @@ def build() -> ctypes.CDLL:
               file=sys.stderr)
         sys.exit(2)
     out = Path(tempfile.mkdtemp()) / "attention16.so"
-    built = subprocess.run([cc, "-O3", "-march=native", "-ffast-math", "-fPIC", "-shared", "-o", str(out),
-                            str(HERE / "attention16.c"), "-lm"], capture_output=True, text=True)
+    torch_lib = Path(torch.__file__).parent / "lib"  # torch's own libgomp: one OpenMP runtime and thread pool
+    built = subprocess.run([cc, "-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-shared", "-o", str(out),
+                            str(HERE / "attention16.c"), "-lm", "-nostdlib", f"-L{torch_lib}", "-l:libgomp.so.1",
+                            f"-Wl,-rpath,{torch_lib}", "-lc"], capture_output=True, text=True)
     if built.returncode != 0:
         first = (built.stderr.strip().splitlines() or ["no message"])[0]
         print(f"attention_kernel: {cc} could not build benchmarks/attention16.c ({first}): it needs GCC's vector "
-              "extensions and -march=native (GCC or Clang on x86-64)", file=sys.stderr)
+              "extensions, -march=native and torch's libgomp (GCC on x86-64 Linux)", file=sys.stderr)
         sys.exit(2)
     lib = ctypes.CDLL(str(out))
     P, I, L, Fl = ctypes.c_void_p, ctypes.c_int, ctypes.c_longlong, ctypes.c_float
@@ -118,7 +120,10 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/attention_kernel.json")
     args = ap.parse_args()
     ours = attention_function(build())
-    torch.set_num_threads(1)
+    sys.path.insert(0, str(HERE))
+    import circuitlab.model.model as model_module
+    from deterministic_fill import induction_contenders
+
     torch.manual_seed(0)
     B, H, T, E = 8, 4, 128, 16
     qkv = torch.randn(B, T, 3 * H * E, requires_grad=True)
@@ -131,34 +136,17 @@ def main() -> None:
             qkv.grad = None
         return run
 
-    outs = {}
-    for name, fn in (("torch", F.scaled_dot_product_attention), ("ours", ours)):
+    def outputs(fn):
         q, k, v = qkv.view(B, T, 3, H, E).unbind(2)
         o = fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
         o.backward(g)
-        outs[name] = (o.detach(), qkv.grad.clone())
+        got = o.detach(), qkv.grad.clone()
         qkv.grad = None
-    out_diff = float((outs["torch"][0] - outs["ours"][0]).abs().max())
-    grad_diff = float((outs["torch"][1] - outs["ours"][1]).abs().max())
-    print(f"largest difference from torch's kernel: output {out_diff:.1e}, gradient {grad_diff:.1e} "
-          f"(gradients up to {float(outs['torch'][1].abs().max()):.1f})")
-
-    rates = alternate({"torch_flash": layer(F.scaled_dot_product_attention), "ours": layer(ours)}, args.rounds, 50)
-    ms = {k: 1000 / statistics.median(v) for k, v in rates.items()}
-    print(f"one layer forward + backward, batch {B} x {H} heads x {T} x {E}, one thread: torch {ms['torch_flash']:.2f}"
-          f" ms, ours {ms['ours']:.2f} ms: {ms['torch_flash'] / ms['ours']:.2f}x")
-
-    sys.path.insert(0, str(HERE))
-    import circuitlab.model.model as model_module
-    from deterministic_fill import induction_contenders
-
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    make = induction_contenders()
-    nets = {"torch_flash": make(), "ours": make()}
+        return got
 
     original = F.scaled_dot_product_attention  # model.py calls it as F.scaled_dot_product_attention
 
-    def step(name):
+    def step(nets, name):
         def run():
             model_module.F.scaled_dot_product_attention = original if name == "torch_flash" else ours
             try:
@@ -167,22 +155,41 @@ def main() -> None:
                 model_module.F.scaled_dot_product_attention = original
         return run
 
-    step_rates = alternate({name: step(name) for name in nets}, args.rounds, 40)
-    assert model_module.F.scaled_dot_product_attention is original
-    sps = {k: statistics.median(v) for k, v in step_rates.items()}
-    apart = max(float((p - q).detach().abs().max()) for p, q in zip(nets["torch_flash"][0].parameters(),
-                                                             nets["ours"][0].parameters()))
-    print(f"induction 2L step, one thread: torch {sps['torch_flash']:.2f} steps/s, ours {sps['ours']:.2f}: "
-          f"{sps['ours'] / sps['torch_flash']:.3f}x; weights apart by up to {apart:.1e} after the rounds")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    make = induction_contenders()
+    result = {"what": __doc__.splitlines()[0], "machine": platform.processor() or platform.machine(),
+              "cpu": matmul.cpu_name(), "torch": torch.__version__, "rounds": args.rounds, "threads": {}}
+    ours_by_threads = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        theirs, mine = outputs(original), outputs(ours)
+        ours_by_threads[threads] = mine
+        out_diff = float((theirs[0] - mine[0]).abs().max())
+        grad_diff = float((theirs[1] - mine[1]).abs().max())
+        rates = alternate({"torch_flash": layer(original), "ours": layer(ours)}, args.rounds, 50)
+        ms = {k: 1000 / statistics.median(v) for k, v in rates.items()}
+        nets = {"torch_flash": make(), "ours": make()}
+        step_rates = alternate({name: step(nets, name) for name in nets}, args.rounds, 40)
+        assert model_module.F.scaled_dot_product_attention is original
+        sps = {k: statistics.median(v) for k, v in step_rates.items()}
+        apart = max(float((p - q).detach().abs().max()) for p, q in zip(nets["torch_flash"][0].parameters(),
+                                                                         nets["ours"][0].parameters()))
+        print(f"{threads} thread(s): largest difference from torch's kernel: output {out_diff:.1e}, gradient "
+              f"{grad_diff:.1e} (gradients up to {float(theirs[1].abs().max()):.1f})")
+        print(f"  one layer forward + backward, batch {B} x {H} heads x {T} x {E}: torch {ms['torch_flash']:.2f} ms, "
+              f"ours {ms['ours']:.2f} ms: {ms['torch_flash'] / ms['ours']:.2f}x")
+        print(f"  induction 2L step: torch {sps['torch_flash']:.2f} steps/s, ours {sps['ours']:.2f}: "
+              f"{sps['ours'] / sps['torch_flash']:.3f}x; weights apart by up to {apart:.1e} after the rounds")
+        result["threads"][threads] = {
+            "max_abs_diff": {"output": out_diff, "gradient": grad_diff}, "layer_ms": ms,
+            "layer_speedup": ms["torch_flash"] / ms["ours"], "layer_rounds_per_s": rates, "step_per_s": sps,
+            "step_speedup": sps["ours"] / sps["torch_flash"], "step_rounds": step_rates, "weights_apart": apart}
+    same = all(torch.equal(a, b) for a, b in zip(ours_by_threads[1], ours_by_threads[2]))
+    result["ours_same_bits_on_1_and_2_threads"] = same
+    print(f"our kernel's output and gradients the same to the bit on 1 and 2 threads: {same}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
-        "what": __doc__.splitlines()[0], "machine": platform.processor() or platform.machine(),
-        "cpu": matmul.cpu_name(), "torch": torch.__version__, "rounds": args.rounds,
-        "max_abs_diff": {"output": out_diff, "gradient": grad_diff},
-        "layer_ms": ms, "layer_speedup": ms["torch_flash"] / ms["ours"],
-        "layer_rounds_per_s": rates, "step_per_s": sps, "step_speedup": sps["ours"] / sps["torch_flash"],
-        "step_rounds": step_rates, "weights_apart": apart}, indent=2))
+    out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
 
 
