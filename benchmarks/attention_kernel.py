@@ -76,6 +76,8 @@ def attention_function(lib):
         @staticmethod
         def forward(ctx, q, k, v):
             B, T, H, E = q.shape
+            if E != 16 or T > 512 or q.dtype != torch.float32 or q.device.type != "cpu":
+                raise ValueError("attention16 takes float32 CPU heads of 16 and at most 512 positions")
             o, lse = torch.empty(B, T, H, E), torch.empty(B, H, T)
             lib.attn16_fwd(q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(), lse.data_ptr(), B, H, T,
                            *strides(q), *strides(k), *strides(v), *strides(o), 1 / math.sqrt(E), 0, B * H)
