@@ -57,6 +57,7 @@ def build() -> ctypes.CDLL:
               "extensions, -march=native and torch's libgomp (GCC on x86-64 Linux)", file=sys.stderr)
         sys.exit(2)
     lib = ctypes.CDLL(str(out))
+    shutil.rmtree(out.parent)  # loaded: the file is no longer needed
     P, I, L, Fl = ctypes.c_void_p, ctypes.c_int, ctypes.c_longlong, ctypes.c_float
     lib.attn16_fwd.argtypes = [P] * 5 + [I] * 3 + [L] * 12 + [Fl, I, I]
     lib.attn16_bwd.argtypes = [P] * 9 + [I] * 3 + [L] * 24 + [Fl, I, I]

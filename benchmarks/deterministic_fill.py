@@ -24,13 +24,12 @@ import torch
 import torch.utils.deterministic as deterministic
 
 from circuitlab.data import load_corpus, prepare_tokens
-from circuitlab.data.windows import sample_windows
 from circuitlab.experiments.grokking import grokking_model
 from circuitlab.experiments.induction.presets import PRESETS
 from circuitlab.model import Transformer, matmul
 from circuitlab.training.allocator import keep_freed_memory
 from circuitlab.training.loop import make_optimizer
-from circuitlab.training.tasks import ModularAdditionTask
+from circuitlab.training.tasks import ModularAdditionTask, batch_at
 
 
 def grokking_contenders():
@@ -55,8 +54,6 @@ def grokking_contenders():
 
 
 def induction_contenders():
-    import numpy as np
-
     mcfg, cfg = PRESETS["quick"].models["2L"].configs()
     data = prepare_tokens(load_corpus("stdlib"), mcfg.d_vocab)
     first = Transformer(mcfg)
@@ -67,8 +64,7 @@ def induction_contenders():
         state = {"step": 0}
 
         def step():
-            batch = sample_windows(data.train, cfg.batch_size, mcfg.n_ctx, np.random.default_rng([0, state["step"]]),
-                                   bos=True)
+            batch = batch_at(data, cfg, mcfg.n_ctx, state["step"])  # the training loop's batch of that step
             state["step"] += 1
             net(batch, return_type="loss").backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
@@ -81,7 +77,7 @@ def induction_contenders():
 
 
 def compare(make, threads: int, rounds: int, steps: int) -> dict:
-    saved = torch.get_num_threads()
+    saved, saved_fill = torch.get_num_threads(), deterministic.fill_uninitialized_memory
     torch.set_num_threads(threads)
     try:
         runs = {fill: make() for fill in (True, False)}
@@ -100,7 +96,7 @@ def compare(make, threads: int, rounds: int, steps: int) -> dict:
         same = all(torch.equal(a, b) for a, b in zip(runs[True][0].parameters(), runs[False][0].parameters()))
     finally:
         torch.set_num_threads(saved)
-        deterministic.fill_uninitialized_memory = True
+        deterministic.fill_uninitialized_memory = saved_fill
     fill, no_fill = statistics.median(rates[True]), statistics.median(rates[False])
     return {"threads": threads, "steps_per_s_fill": fill, "steps_per_s_no_fill": no_fill, "speedup": no_fill / fill,
             "rounds_fill": rates[True], "rounds_no_fill": rates[False], "same_weights": same}
