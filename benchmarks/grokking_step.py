@@ -3,9 +3,10 @@
 The baseline follows the authors' progress-measures-paper code: the full model (einsum attention with an explicit
 causal pattern, ReLU MLP, unembedding) runs on all three positions of every training example, then the loss takes
 the last position. Both use the same weights, the same full batch (3830 pairs for p = 113) and the same AdamW, and
-are timed in alternating rounds in one process, with circuitlab's step also on one thread (`thread_scaling`), as it
-was before session 11 (`gathered_qk_logits`), with the MLP's ReLU as its own pass after the product (before session
-15), and with torch's own matrix products instead of the backend `circuitlab.model.matmul` chose
+are timed in alternating rounds in one process, with circuitlab's step also on one thread (`thread_scaling`), with
+per-example W_O and W_in products instead of bagged tables (before session 16, `per_example_products_logits`), that
+with the MLP's ReLU as its own pass after the product (before session 15), that with q and k gathered per example
+(before session 11, `gathered_qk_logits`), and with torch's own matrix products instead of the backend `circuitlab.model.matmul` chose
 (`CIRCUITLAB_MATMUL=torch`: MKL in the x86 wheels; oneDNN where it is chosen). Last, the step as the training loop
 runs it, with an evaluation of all p^2 pairs every 10 epochs whose training-set forward is lent to the next step
 (`ModularAdditionTask.evaluate`) or not. Writes JSON to benchmarks/results/.
@@ -28,9 +29,9 @@ import torch.nn.functional as F
 
 from circuitlab.data.modular import modular_addition
 from circuitlab.experiments.grokking import grokking_model
-from circuitlab.model import Transformer, last_position, matmul
+from circuitlab.model import Transformer, matmul
 from circuitlab.model.last_position import last_position_logits
-from circuitlab.model.matmul import linear
+from circuitlab.model.matmul import linear, linear_relu
 from circuitlab.training.allocator import keep_freed_memory
 from circuitlab.training.flops import peak_matmul_flops
 from circuitlab.training.loop import make_optimizer
@@ -38,21 +39,48 @@ from circuitlab.training.loop import make_optimizer
 
 def last_position_train_flops(cfg, batch: int) -> float:
     """Matmul FLOPs of one full-batch training epoch of the last-position step, as `last_position_logits` computes
-    it: per example W_O, the MLP and the unembedding on the last position; per (position, token) the query, key and
-    value tables and the score table, whose cost does not grow with the batch. Backward counted as twice the forward
-    (a gradient for the input and one for the weight of each matmul). The per-example attention (T scores and
-    values) and the gathers are left out (under 1%)."""
-    d, hd, T, V = cfg.d_model, cfg.n_heads * cfg.d_head, cfg.n_ctx, cfg.d_vocab
-    per_example = 2 * batch * (hd * d + 2 * d * cfg.d_mlp + d * V)
-    tables = 2 * V * d * hd * (2 * T + 1) + 2 * V * T * V * hd
-    return 3 * (per_example + tables)
+    it: per example the forward of W_out and W_U on the last position and the backward of W_in, W_out and W_U (two
+    products each: a gradient for the input and one for the weight); per (position, token) the query, key, value and
+    score tables and the value tables through W_O (forward and backward), and the MLP's input table through W_in
+    (forward only: its gradient flows through the bag), whose costs do not grow with the batch. The per-example
+    attention (the pattern-weighted bags) and the gathers are left out."""
+    d, hd, T, V, H, m = cfg.d_model, cfg.n_heads * cfg.d_head, cfg.n_ctx, cfg.d_vocab, cfg.n_heads, cfg.d_mlp
+    per_example = 2 * batch * ((m * d + d * V) + 2 * (d * m + m * d + d * V))
+    tables = 3 * (2 * V * d * hd * (2 * T + 1) + 2 * V * T * V * hd + 2 * T * V * hd * d) + 2 * (T * V * H + V) * d * m
+    return per_example + tables
+
+
+def per_example_products_logits(model: Transformer, tokens, fused_relu: bool = True):
+    """`last_position_logits` as it was before session 16, for the comparison: the attention's output through a
+    per-example W_O product and the MLP's W_in product per example, where it now bags rows of per-(position, token,
+    head) tables through W_O and W_in; with `fused_relu` False the ReLU as its own pass after the product (before
+    session 15). Same result to float rounding (checked in main)."""
+    import math
+
+    cfg, a = model.cfg, model.blocks[0].attn
+    B, T = tokens.shape
+    H, E, V = cfg.n_heads, cfg.d_head, cfg.d_vocab
+    resid_in = model.W_E[None] + model.W_pos[:T, None]
+    rows = tokens + V * torch.arange(T)
+    last = tokens[:, -1]
+    q = torch.einsum("vd,hde->hve", resid_in[T - 1], a.W_Q)
+    k = torch.einsum("tvd,hde->htve", resid_in, a.W_K).reshape(H, T * V, E)
+    scores = (q @ k.transpose(1, 2) / math.sqrt(E)).permute(1, 2, 0).reshape(V * T * V, H)
+    pattern = F.embedding(last[:, None] * (T * V) + rows, scores).softmax(1)
+    v = F.embedding(rows, torch.einsum("tvd,hde->tvhe", resid_in, a.W_V).reshape(T * V, H * E)).view(B, T, H, E)
+    z = (pattern[..., None] * v).sum(1)
+    resid = linear(z.reshape(B, H * E), a.W_O.reshape(H * E, cfg.d_model), F.embedding(last, resid_in[T - 1]))
+    mlp = model.blocks[0].mlp
+    hidden = linear_relu(resid, mlp.W_in, mlp.b_in) if fused_relu else torch.relu(linear(resid, mlp.W_in, mlp.b_in))
+    resid = resid + linear(hidden, mlp.W_out, mlp.b_out)
+    return linear(resid, model.W_U)
 
 
 def gathered_qk_logits(model: Transformer, tokens):
     """The last-position step as it was before session 11, for the comparison: q and k gathered per example from
     per-(position, token) tables and multiplied elementwise, where `last_position_logits` now gathers the scores
-    from a score table; its other products as `last_position_logits` computes them (`matmul.linear`), so the ratio
-    is the score table's alone. Same result to float rounding (checked in main)."""
+    from a score table; its other products as `per_example_products_logits(..., fused_relu=False)` computes them
+    (`matmul.linear`, the ReLU its own pass), so its ratio to that is the score table's alone. Same result to float rounding (checked in main)."""
     import math
 
     cfg, a = model.cfg, model.blocks[0].attn
@@ -178,6 +206,7 @@ def main() -> None:
     with torch.no_grad():
         assert torch.allclose(last_position_logits(ours, x), paper(x)[:, -1], atol=1e-4)
         assert torch.allclose(last_position_logits(ours, x), gathered_qk_logits(ours, x), atol=1e-4)
+        assert torch.allclose(last_position_logits(ours, x), per_example_products_logits(ours, x), atol=1e-4)
 
     def step(model, opt, logits_fn):
         loss = F.cross_entropy(logits_fn(x)[:, :p], y)
@@ -198,20 +227,16 @@ def main() -> None:
         with matmul.forced("torch"):
             step(plain, opt_plain, lambda t: last_position_logits(plain, t))
 
-    unfused = Transformer(mcfg)  # with the MLP's ReLU as its own pass after the product (before session 15)
-    unfused.load_state_dict(ours.state_dict())
-    opt_unfused = make_optimizer(unfused, cfg)
-
-    def unfused_relu():
-        fused = last_position.linear_relu
-        last_position.linear_relu = lambda x, W, b: torch.relu(linear(x, W, b))
-        try:
-            step(unfused, opt_unfused, lambda t: last_position_logits(unfused, t))
-        finally:
-            last_position.linear_relu = fused
+    per_example, unfused = Transformer(mcfg), Transformer(mcfg)  # W_O and W_in per example (before session 16)
+    per_example.load_state_dict(ours.state_dict())
+    unfused.load_state_dict(ours.state_dict())  # and the ReLU as its own pass (before session 15)
+    opt_per_example, opt_unfused = make_optimizer(per_example, cfg), make_optimizer(unfused, cfg)
 
     contenders = {"circuitlab_last_position": lambda: step(ours, opt_ours, lambda t: last_position_logits(ours, t)),
-                  "circuitlab_last_position_relu_unfused": unfused_relu,
+                  "per_example_products_before_session_16":
+                      lambda: step(per_example, opt_per_example, lambda t: per_example_products_logits(per_example, t)),
+                  "per_example_relu_unfused_before_session_15":
+                      lambda: step(unfused, opt_unfused, lambda t: per_example_products_logits(unfused, t, False)),
                   "circuitlab_last_position_torch_matmul": torch_matmul,
                   "paper_all_positions": lambda: step(paper, opt_paper, lambda t: paper(t)[:, -1]),
                   "circuitlab_last_position_1_thread": on_one_thread,
@@ -244,18 +269,23 @@ def main() -> None:
               "matmul_backend": matmul.backend(), "peak_matmul_flops_torch": peak_torch,
               "vs_torch_matmul": eps["circuitlab_last_position"] / eps["circuitlab_last_position_torch_matmul"],
               "fraction_of_peak": eps["circuitlab_last_position"] / floor,
-              "vs_gathered_qk": eps["circuitlab_last_position"] / eps["gathered_qk_before_session_11"],
-              "vs_relu_unfused": eps["circuitlab_last_position"] / eps["circuitlab_last_position_relu_unfused"],
+              "vs_per_example_products": eps["circuitlab_last_position"] / eps["per_example_products_before_session_16"],
+              "vs_gathered_qk": (eps["per_example_relu_unfused_before_session_15"]
+                                 / eps["gathered_qk_before_session_11"]),
+              "vs_relu_unfused": (eps["per_example_products_before_session_16"]
+                                  / eps["per_example_relu_unfused_before_session_15"]),
               "thread_scaling": {"1": eps["circuitlab_last_position_1_thread"], str(threads): eps["circuitlab_last_position"]},
               "machine": platform.processor() or platform.machine(), "cpu": matmul.cpu_name(), "threads": threads,
               "loop_with_evaluations": loop}
     for k, v in eps.items():
         print(f"{k:34s} {v:7.1f} epochs/s  ({1e3 / v:.1f} ms/epoch)")
     print(f"speedup {ratio:.2f}x (median of {args.rounds} alternating rounds of {args.steps} full-batch steps)")
-    print(f"score table vs gathered q and k (before): "
-          f"{eps['circuitlab_last_position'] / eps['gathered_qk_before_session_11']:.2f}x")
-    print(f"ReLU fused into the product vs its own pass: "
-          f"{eps['circuitlab_last_position'] / eps['circuitlab_last_position_relu_unfused']:.2f}x")
+    print(f"W_O and W_in through bagged tables vs per-example products (before session 16): "
+          f"{result['vs_per_example_products']:.2f}x")
+    print(f"score table vs gathered q and k (before session 11; both with per-example products, ReLU unfused): "
+          f"{result['vs_gathered_qk']:.2f}x")
+    print(f"ReLU fused into the product vs its own pass (before session 15; per-example products): "
+          f"{result['vs_relu_unfused']:.2f}x")
     print(f"threads: {eps['circuitlab_last_position_1_thread']:.1f} epochs/s on 1, {eps['circuitlab_last_position']:.1f} "
           f"on {threads} ({eps['circuitlab_last_position'] / eps['circuitlab_last_position_1_thread']:.2f}x)")
     print(f"matmul backend {matmul.backend()} vs torch's own: "

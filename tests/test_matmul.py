@@ -94,6 +94,45 @@ def test_linear_relu_is_relu_of_linear_to_the_bit(backend):
     assert torch.equal(matmul.linear_relu(x3, W, b), torch.relu(matmul.linear(x, W, b)).view(10, 383, 512))
 
 
+@pytest.mark.parametrize("backend", ["onednn", "torch"])
+def test_linear_relu_of_bag_is_linear_relu_of_the_bag(backend):
+    """`linear_relu_of_bag` multiplies the table's rows and bags the products (the grokking step's MLP input): its
+    output and the gradients of everything upstream (the table and the bag's weights, through x; W and b) match
+    `linear_relu` on x = bag(table) to float rounding and a float64 reference; the same bits on 1 and 2 threads."""
+    if backend == "onednn" and not matmul.onednn_available():
+        pytest.skip("this torch has no oneDNN linear for the CPU")
+    g = torch.Generator().manual_seed(1)
+    n, bag, rows_in_table, d_in, d_out = 600, 13, 150, 64, 96
+    table0 = torch.randn(rows_in_table, d_in, generator=g)
+    weights0 = torch.rand(n, bag, generator=g)
+    rows = torch.randint(0, rows_in_table, (n, bag), generator=g)
+    W0, b0 = torch.randn(d_in, d_out, generator=g) / d_in**0.5, torch.randn(d_out, generator=g) - 0.4
+    grad = torch.randn(n, d_out, generator=g)
+
+    def run(fused: bool, dtype=torch.float32):
+        leaves = [t.to(dtype).clone().requires_grad_() for t in (table0, weights0, W0, b0)]
+        table, weights, W, b = leaves
+        x = torch.nn.functional.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")
+        out = matmul.linear_relu_of_bag(x, W, b, rows, weights, table) if fused else torch.relu(x @ W + b)
+        out.backward(grad.to(dtype))
+        return [out.detach()] + [t.grad for t in leaves]
+
+    saved = torch.get_num_threads()
+    try:
+        per_threads = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            with matmul.forced(backend):
+                per_threads.append(run(True))
+    finally:
+        torch.set_num_threads(saved)
+    ref = run(False, torch.float64)
+    assert 0.2 < float((ref[0] == 0).double().mean()) < 0.8  # the ReLU's mask matters
+    for a, c, r in zip(*per_threads, ref):
+        assert torch.equal(a, c)
+        torch.testing.assert_close(a.double(), r, rtol=1e-5, atol=1e-5 * r.abs().max().item())
+
+
 def test_torch_backend_is_addmm_to_the_bit(fresh_backend):
     """CIRCUITLAB_MATMUL=torch: `linear` is exactly torch's own product, so nothing changes where oneDNN is off."""
     fresh_backend.setenv(matmul.ENV, "torch")

@@ -9,25 +9,34 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from circuitlab.model.matmul import linear, linear_relu
+from circuitlab.model.matmul import linear, linear_relu_of_bag
 from circuitlab.model.model import Transformer
 
 
 def last_position_logits(model: Transformer, tokens: Tensor) -> Tensor:
     """model(tokens)[:, -1] for a one-layer model without LayerNorm, computing only what the last position needs:
-    [batch, d_vocab]. Every input is a (position, token) pair, so the attention scores of the last query are rows of
-    a score table: S[h, a, (i, b)] = (x_a W_Q^h) . (x_{i,b} W_K^h) / sqrt(d_head) with x_{i,b} = W_E[b] + W_pos[i],
-    [H, V, T * V] for V tokens and T positions, and the values rows of the table x_{i,b} W_V. Each example gathers
-    its T scores and values by token, so the attention's cost scales with the vocabulary, not the batch; the matmuls
-    left per example are W_O, the MLP (its ReLU inside the first product, `matmul.linear_relu`) and W_U, through
-    `matmul.linear` (oneDNN where it is chosen: 1.4x the step on one thread on session 13's AMD CPU,
-    `benchmarks/grokking_step.py`)."""
+    [batch, d_vocab]. Every input is a (position, token) pair x_{i,b} = W_E[b] + W_pos[i], for V tokens and T
+    positions, so everything the attention computes per input is a row of a table over the T * V pairs:
+
+    - the scores of the last query, S[h, a, (i, b)] = (x_a W_Q^h) . (x_{i,b} W_K^h) / sqrt(d_head), [H, V, T * V];
+      each example gathers its T scores by token and takes their softmax, the pattern A[b, i, h];
+    - what each key's value writes to the residual stream, x_{i,b} W_V^h W_O^h, [T * V * H, d_model]: the
+      attention's output is the pattern-weighted sum of an example's T * H rows, one `F.embedding_bag` with the
+      last token's own input as one more row of weight 1, so resid_mid = x_last + sum_{i,h} A[b, i, h] v_i^h W_O^h
+      takes no per-example W_O product;
+    - the same rows times the MLP's W_in, [T * V * H + V, d_mlp]: resid_mid W_in is linear in resid_mid, so the
+      pre-activations are the same bag of these rows (`matmul.linear_relu_of_bag`), its backward W_in's as usual.
+
+    The products left per example are the MLP's W_out and W_U forward, and the backward of W_in, W_out and W_U,
+    through `matmul.linear` (oneDNN where it is chosen: 1.4x the step on one thread on session 13's AMD CPU,
+    `benchmarks/grokking_step.py`). The tables replaced per-example W_O and W_in forward products in session 16
+    (1.08-1.10x the step on session 16's AMD EPYC family 25, `benchmarks/grokking_step.py`)."""
     cfg = model.cfg
     if cfg.n_layers != 1 or cfg.layer_norm or cfg.attn_bias or cfg.positional_embedding_type != "standard":
         raise ValueError("last_position_logits covers the grokking model: 1 layer, standard positions, no LN/biases")
     a = model.blocks[0].attn
     B, T = tokens.shape
-    H, E, V = cfg.n_heads, cfg.d_head, cfg.d_vocab
+    H, E, V, D = cfg.n_heads, cfg.d_head, cfg.d_vocab, cfg.d_model
     resid_in = model.W_E[None] + model.W_pos[:T, None]  # [T, V, D]: every (position, token) input
     rows = tokens + V * torch.arange(T, device=tokens.device)  # each (position, token)'s row of the [T * V] tables
     last = tokens[:, -1]
@@ -37,10 +46,15 @@ def last_position_logits(model: Transformer, tokens: Tensor) -> Tensor:
     # F.embedding, not indexing: its backward accumulates rows in one fast pass, where indexing's backward
     # (index_put_ with accumulate) took a third of the step (benchmarks/grokking_step.py)
     pattern = F.embedding(last[:, None] * (T * V) + rows, scores).softmax(1)  # [B, T, H]: the last query sees all T
-    v = F.embedding(rows, torch.einsum("tvd,hde->tvhe", resid_in, a.W_V).reshape(T * V, H * E)).view(B, T, H, E)
-    z = (pattern[..., None] * v).sum(1)  # [B, H, E]
-    resid = linear(z.reshape(B, H * E), a.W_O.reshape(H * E, cfg.d_model), F.embedding(last, resid_in[T - 1]))
+    v = torch.einsum("tvd,hde->htve", resid_in, a.W_V).reshape(H, T * V, E)
+    # [(i, b, h), D]: x_{i,b} W_V^h W_O^h, then the V rows x_{T-1,b} (the last token's own input)
+    table = torch.cat([torch.bmm(v, a.W_O).transpose(0, 1).reshape(T * V * H, D), resid_in[T - 1]])
+    heads = torch.arange(H, device=tokens.device)
+    bags = torch.cat([(rows[:, :, None] * H + heads).reshape(B, T * H), T * V * H + last[:, None]], 1)
+    weights = torch.cat([pattern.reshape(B, T * H), pattern.new_ones(B, 1)], 1).to(table.dtype)  # (autocast)
+    resid = F.embedding_bag(bags, table, per_sample_weights=weights, mode="sum")  # [B, D]: resid_mid
     if not cfg.attn_only:
         mlp = model.blocks[0].mlp
-        resid = resid + linear(linear_relu(resid, mlp.W_in, mlp.b_in), mlp.W_out, mlp.b_out)
+        post = linear_relu_of_bag(resid, mlp.W_in, mlp.b_in, bags, weights, table)
+        resid = resid + linear(post, mlp.W_out, mlp.b_out)
     return linear(resid, model.W_U)

@@ -187,6 +187,42 @@ def linear_relu(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
     return _OneDNNLinearReLU.apply(x.reshape(-1, x.shape[-1]), W, b).view(*x.shape[:-1], W.shape[1])
 
 
+class _LinearReLUOfBag(torch.autograd.Function):
+    """relu(x @ W + b) for x = bag(rows, table, weights) (`linear_relu_of_bag`): the forward bags the rows of
+    table @ W, the backward is `linear_relu`'s in (x, W, b), so x carries the gradient to the table and weights."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, W: Tensor, b: Tensor, rows: Tensor, weights: Tensor, table: Tensor) -> Tensor:
+        out = torch.nn.functional.embedding_bag(rows, mm(table, W), per_sample_weights=weights, mode="sum")
+        out = out.add_(b).relu_()
+        ctx.save_for_backward(x, W, out)
+        ctx.b_shape = b.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        x, W, out = ctx.saved_tensors
+        g = torch.ops.aten.threshold_backward(g, out, 0)
+        if _onednn(x) and W.dtype == x.dtype:
+            gx, gW, gb = _linear_grads(ctx, x, W, g)
+        else:
+            gx = g @ W.t() if ctx.needs_input_grad[0] else None
+            gW = x.t() @ g if ctx.needs_input_grad[1] else None
+            gb = g.sum_to_size(ctx.b_shape) if ctx.needs_input_grad[2] else None
+        return gx, gW, gb, None, None, None
+
+
+def linear_relu_of_bag(x: Tensor, W: Tensor, b: Tensor, rows: Tensor, weights: Tensor, table: Tensor) -> Tensor:
+    """relu(x @ W + b) where x [n, d_in] is a weighted bag of a table's rows, x[i] = sum_j weights[i, j] *
+    table[rows[i, j]] (`F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")`, which the caller has
+    computed and differentiates through). The product is linear, so x @ W = bag(rows, table @ W, weights): the
+    forward multiplies the table's rows (fewer than x's when the table is small) and bags the products, instead of
+    multiplying x; the backward is `linear_relu`'s, g masked by the ReLU, then g W^T, x^T g and sum_rows g. Equal to
+    `linear_relu(x, W, b)` up to float rounding (the order of the sums differs); `table` and `weights` get their
+    gradients through x, not from here."""
+    return _LinearReLUOfBag.apply(x, W, b, rows, weights.detach(), table.detach())
+
+
 def mm(a: Tensor, b: Tensor) -> Tensor:
     """a @ b for 2-D tensors outside autograd (inside a custom autograd function, say), by the chosen backend."""
     return _dnn(a, b.t(), None) if _onednn(a) and b.dtype == a.dtype else a @ b
