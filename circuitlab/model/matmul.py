@@ -151,13 +151,25 @@ class _OneDNNLinearReLU(torch.autograd.Function):
     def forward(ctx, x: Tensor, W: Tensor, b: Tensor) -> Tensor:
         out = torch.ops.mkldnn._linear_pointwise(_dense(x), _dense(W.t()), b, "relu", [], "")
         ctx.save_for_backward(x, W, out)
-        ctx.b_shape = b.shape
+        ctx.b_shape, ctx.onednn = b.shape, True
         return out
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        x, W, out = ctx.saved_tensors
-        return _linear_grads(ctx, x, W, torch.ops.aten.threshold_backward(g, out, 0))
+        return _relu_linear_grads(ctx, g)
+
+
+def _relu_linear_grads(ctx, g: Tensor):
+    """(dL/dx, dL/dW, dL/db) of out = relu(x @ W + b), with (x, W, out) saved, as autograd's ReLU and linear compute
+    them: g masked where the output is 0, then the three products' gradients, by oneDNN where `ctx.onednn`."""
+    x, W, out = ctx.saved_tensors
+    g = torch.ops.aten.threshold_backward(g, out, 0)
+    if ctx.onednn:
+        return _linear_grads(ctx, x, W, g)
+    gx = g @ W.t() if ctx.needs_input_grad[0] else None
+    gW = x.t() @ g if ctx.needs_input_grad[1] else None
+    gb = g.sum_to_size(ctx.b_shape) if ctx.needs_input_grad[2] else None
+    return gx, gW, gb
 
 
 def _onednn(x: Tensor) -> bool:
@@ -196,21 +208,12 @@ class _LinearReLUOfBag(torch.autograd.Function):
         out = torch.nn.functional.embedding_bag(rows, mm(table, W), per_sample_weights=weights, mode="sum")
         out = out.add_(b).relu_()
         ctx.save_for_backward(x, W, out)
-        ctx.b_shape = b.shape
+        ctx.b_shape, ctx.onednn = b.shape, _onednn(x) and W.dtype == x.dtype
         return out
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        x, W, out = ctx.saved_tensors
-        g = torch.ops.aten.threshold_backward(g, out, 0)
-        if _onednn(x) and W.dtype == x.dtype:
-            gx, gW, gb = _linear_grads(ctx, x, W, g)
-        else:
-            gx = g @ W.t() if ctx.needs_input_grad[0] else None
-            gW = x.t() @ g if ctx.needs_input_grad[1] else None
-            gb = g.sum_to_size(ctx.b_shape) if ctx.needs_input_grad[2] else None
-        return gx, gW, gb, None, None, None
-
+        return (*_relu_linear_grads(ctx, g), None, None, None)
 
 def linear_relu_of_bag(x: Tensor, W: Tensor, b: Tensor, rows: Tensor, weights: Tensor, table: Tensor) -> Tensor:
     """relu(x @ W + b) where x [n, d_in] is a weighted bag of a table's rows, x[i] = sum_j weights[i, j] *
