@@ -9,9 +9,11 @@ with the MLP's ReLU as its own pass after the product (before session 15), that 
 (before session 11, `gathered_qk_logits`), and with torch's own matrix products instead of the backend `circuitlab.model.matmul` chose
 (`CIRCUITLAB_MATMUL=torch`: MKL in the x86 wheels; oneDNN where it is chosen). Last, the step as the training loop
 runs it, with an evaluation of all p^2 pairs every 10 epochs whose training-set forward is lent to the next step
-(`ModularAdditionTask.evaluate`) or not. Writes JSON to benchmarks/results/.
+(`ModularAdditionTask.evaluate`) or not. The bagged step and the per-example one are also timed on one thread, where
+`reproduce` runs most of the grokking stage. `--as-train` times every contender under `training.loop.
+deterministic_kernels`, the deterministic algorithms `train` runs the step with. Writes JSON to benchmarks/results/.
 
-    .venv/bin/python benchmarks/grokking_step.py [--rounds 5] [--steps 20]
+    .venv/bin/python benchmarks/grokking_step.py [--rounds 5] [--steps 20] [--as-train]
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from circuitlab.model.last_position import last_position_logits
 from circuitlab.model.matmul import linear, linear_relu
 from circuitlab.training.allocator import keep_freed_memory
 from circuitlab.training.flops import peak_matmul_flops
-from circuitlab.training.loop import make_optimizer
+from circuitlab.training.loop import deterministic_kernels, make_optimizer
 
 
 def last_position_train_flops(cfg, batch: int) -> float:
@@ -185,7 +187,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--out", default="benchmarks/results/grokking_step.json")
+    ap.add_argument("--as-train", action="store_true", help="deterministic algorithms on, as `train` runs the step")
     args = ap.parse_args()
+    if args.as_train:
+        with deterministic_kernels():
+            run(args)
+    else:
+        run(args)
+
+
+def run(args) -> None:
     keep_freed_memory()  # as the training loop runs (both contenders share the process)
     preset = grokking_model()
     mcfg, cfg = preset.configs()
@@ -216,10 +227,10 @@ def main() -> None:
 
     threads = torch.get_num_threads()
 
-    def on_one_thread():
+    def on_one_thread(model, opt, logits_fn):
         torch.set_num_threads(1)
         try:
-            step(one, opt_one, lambda t: last_position_logits(one, t))
+            step(model, opt, lambda t: logits_fn(model, t))
         finally:
             torch.set_num_threads(threads)
 
@@ -227,10 +238,12 @@ def main() -> None:
         with matmul.forced("torch"):
             step(plain, opt_plain, lambda t: last_position_logits(plain, t))
 
-    per_example, unfused = Transformer(mcfg), Transformer(mcfg)  # W_O and W_in per example (before session 16)
-    per_example.load_state_dict(ours.state_dict())
+    per_example, unfused, one_per_example = Transformer(mcfg), Transformer(mcfg), Transformer(mcfg)
+    per_example.load_state_dict(ours.state_dict())  # W_O and W_in per example (before session 16)
     unfused.load_state_dict(ours.state_dict())  # and the ReLU as its own pass (before session 15)
+    one_per_example.load_state_dict(ours.state_dict())  # per example, on one thread
     opt_per_example, opt_unfused = make_optimizer(per_example, cfg), make_optimizer(unfused, cfg)
+    opt_one_per_example = make_optimizer(one_per_example, cfg)
 
     contenders = {"circuitlab_last_position": lambda: step(ours, opt_ours, lambda t: last_position_logits(ours, t)),
                   "per_example_products_before_session_16":
@@ -239,7 +252,9 @@ def main() -> None:
                       lambda: step(unfused, opt_unfused, lambda t: per_example_products_logits(unfused, t, False)),
                   "circuitlab_last_position_torch_matmul": torch_matmul,
                   "paper_all_positions": lambda: step(paper, opt_paper, lambda t: paper(t)[:, -1]),
-                  "circuitlab_last_position_1_thread": on_one_thread,
+                  "circuitlab_last_position_1_thread": lambda: on_one_thread(one, opt_one, last_position_logits),
+                  "per_example_products_1_thread": lambda: on_one_thread(one_per_example, opt_one_per_example,
+                                                                         per_example_products_logits),
                   "gathered_qk_before_session_11": lambda: step(before, opt_before,
                                                                 lambda t: gathered_qk_logits(before, t))}
     times = {k: [] for k in contenders}
@@ -270,6 +285,9 @@ def main() -> None:
               "vs_torch_matmul": eps["circuitlab_last_position"] / eps["circuitlab_last_position_torch_matmul"],
               "fraction_of_peak": eps["circuitlab_last_position"] / floor,
               "vs_per_example_products": eps["circuitlab_last_position"] / eps["per_example_products_before_session_16"],
+              "vs_per_example_products_1_thread": (eps["circuitlab_last_position_1_thread"]
+                                                   / eps["per_example_products_1_thread"]),
+              "deterministic_algorithms": bool(args.as_train),
               "vs_gathered_qk": (eps["per_example_relu_unfused_before_session_15"]
                                  / eps["gathered_qk_before_session_11"]),
               "vs_relu_unfused": (eps["per_example_products_before_session_16"]
@@ -281,7 +299,8 @@ def main() -> None:
         print(f"{k:34s} {v:7.1f} epochs/s  ({1e3 / v:.1f} ms/epoch)")
     print(f"speedup {ratio:.2f}x (median of {args.rounds} alternating rounds of {args.steps} full-batch steps)")
     print(f"W_O and W_in through bagged tables vs per-example products (before session 16): "
-          f"{result['vs_per_example_products']:.2f}x")
+          f"{result['vs_per_example_products']:.2f}x on {threads} threads, "
+          f"{result['vs_per_example_products_1_thread']:.2f}x on one")
     print(f"score table vs gathered q and k (before session 11; both with per-example products, ReLU unfused): "
           f"{result['vs_gathered_qk']:.2f}x")
     print(f"ReLU fused into the product vs its own pass (before session 15; per-example products): "

@@ -29,8 +29,10 @@ def last_position_logits(model: Transformer, tokens: Tensor) -> Tensor:
 
     The products left per example are the MLP's W_out and W_U forward, and the backward of W_in, W_out and W_U,
     through `matmul.linear` (oneDNN where it is chosen: 1.4x the step on one thread on session 13's AMD CPU,
-    `benchmarks/grokking_step.py`). The tables replaced per-example W_O and W_in forward products in session 16
-    (1.08-1.10x the step on session 16's AMD EPYC family 25, `benchmarks/grokking_step.py`)."""
+    `benchmarks/grokking_step.py`). The tables replace per-example W_O and W_in forward products (session 16, kept
+    since session 22: 1.09x the step on one thread and 1.06x on two on an AMD EPYC family 25). They sum in another
+    order than the per-example products, so the grokking run's trajectory is not the one before them (README,
+    "Performance")."""
     cfg = model.cfg
     if cfg.n_layers != 1 or cfg.layer_norm or cfg.attn_bias or cfg.positional_embedding_type != "standard":
         raise ValueError("last_position_logits covers the grokking model: 1 layer, standard positions, no LN/biases")

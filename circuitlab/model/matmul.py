@@ -215,6 +215,7 @@ class _LinearReLUOfBag(torch.autograd.Function):
     def backward(ctx, g: Tensor):
         return (*_relu_linear_grads(ctx, g), None, None, None)
 
+
 def linear_relu_of_bag(x: Tensor, W: Tensor, b: Tensor, rows: Tensor, weights: Tensor, table: Tensor) -> Tensor:
     """relu(x @ W + b) where x [n, d_in] is a weighted bag of a table's rows, x[i] = sum_j weights[i, j] *
     table[rows[i, j]] (`F.embedding_bag(rows, table, per_sample_weights=weights, mode="sum")`, which the caller has
