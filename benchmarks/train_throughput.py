@@ -1,7 +1,9 @@
 """Training throughput: circuitlab's fused fast path vs the same model as TransformerLens's native model.
 
 A third contender is circuitlab's fast path with torch's own matrix products (`CIRCUITLAB_MATMUL=torch`), so the
-part of the ratio that is oneDNN (`circuitlab.model.matmul`, on CPUs where it is chosen) shows on its own.
+part of the ratio that is oneDNN (`circuitlab.model.matmul`, on CPUs where it is chosen) shows on its own; a fourth,
+where circuitlab's own attention kernel is chosen (`circuitlab.model.attention`, heads of 16), the fast path with
+torch's attention kernel instead (`CIRCUITLAB_ATTENTION=torch`), so that part shows too.
 
 Both models hold the same weights (converted with circuitlab.model.bridge), train on the same stream of fresh corpus
 batches (one per step, never repeated) with the same
@@ -27,7 +29,7 @@ import torch.nn.functional as F
 from circuitlab.data import load_corpus, prepare_tokens
 from circuitlab.data.windows import sample_windows
 from circuitlab.model import ModelConfig, Transformer
-from circuitlab.model import matmul
+from circuitlab.model import attention, matmul
 from circuitlab.model.bridge import to_transformer_bridge
 from circuitlab.training import get_preset
 from circuitlab.training.config import TrainConfig
@@ -100,10 +102,15 @@ def main() -> None:
     ours = Transformer(cfg).to(args.device)
     ours_torch = Transformer(cfg).to(args.device)
     ours_torch.load_state_dict(ours.state_dict())
+    ours_sdpa = Transformer(cfg).to(args.device)
+    ours_sdpa.load_state_dict(ours.state_dict())
+    kernel = attention.backend() == "c16"
+    names = ("circuitlab_fast_path", "circuitlab_fast_path_torch_matmul", "transformer_lens_native") + \
+        (("circuitlab_fast_path_torch_attention",) if kernel else ())
     native = to_transformer_bridge(ours)
     data = prepare_tokens(load_corpus("stdlib"), cfg.d_vocab)
     streams = {name: Stream(data.train, args.batch_size, cfg.n_ctx, args.device)
-               for name in ("circuitlab_fast_path", "circuitlab_fast_path_torch_matmul", "transformer_lens_native")}
+               for name in names}
     first = Stream(data.train, args.batch_size, cfg.n_ctx, args.device).next()
     with torch.no_grad():
         assert torch.allclose(ours(first), native(first), atol=1e-4), "the two models must compute the same function"
@@ -114,6 +121,12 @@ def main() -> None:
         with matmul.forced("torch"):
             return torch_step(tokens)
 
+    sdpa_step = step_fn(ours_sdpa, lambda t: ours_sdpa(t, return_type="loss"), make_optimizer(ours_sdpa, TrainConfig(lr=1e-3)))
+
+    def with_torch_attention(tokens):
+        with attention.forced("torch"):
+            return sdpa_step(tokens)
+
     steps = {
         # ours: the trainer's own optimizer (fused AdamW); TL's: a plain AdamW with the same settings
         "circuitlab_fast_path": step_fn(ours, lambda t: ours(t, return_type="loss"), make_optimizer(ours, TrainConfig(lr=1e-3))),
@@ -121,6 +134,8 @@ def main() -> None:
         "transformer_lens_native": step_fn(native, bridge_loss(native), torch.optim.AdamW(
             native.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.01)),
     }
+    if kernel:
+        steps["circuitlab_fast_path_torch_attention"] = with_torch_attention
     for name, step in steps.items():  # warm-up
         for _ in range(3):
             step(streams[name].next())
@@ -143,6 +158,7 @@ def main() -> None:
         "peak_matmul_flops": max(peak, peak_after),
         "peak_matmul_flops_torch": peak_torch,
         "matmul_backend": matmul.backend(),
+        "attention_backend": attention.backend(),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu": matmul.cpu_name(),
                     "threads": torch.get_num_threads(), "torch": torch.__version__, "device": args.device},
         "rounds": args.rounds, "seconds_per_round": args.seconds,
@@ -156,18 +172,22 @@ def main() -> None:
     tl = result["transformer_lens_native"]["tokens_per_s_median"]
     result["speedup"] = result["circuitlab_fast_path"]["tokens_per_s_median"] / tl
     result["speedup_torch_matmul"] = result["circuitlab_fast_path_torch_matmul"]["tokens_per_s_median"] / tl
+    if kernel:
+        result["speedup_torch_attention"] = result["circuitlab_fast_path_torch_attention"]["tokens_per_s_median"] / tl
     # Twice TransformerLens's rate is twice its MFU: what a 2x ratio asks of our step on this machine.
     result["mfu_for_2x"] = 2 * result["transformer_lens_native"]["mfu"]
 
     print(f"model: {cfg.n_layers}L d_model {cfg.d_model} {cfg.n_heads}x{cfg.d_head} n_ctx {cfg.n_ctx} vocab {cfg.d_vocab}, "
           f"batch {args.batch_size}; {torch.get_num_threads()} threads on {args.device}")
     print(f"matmul peak (1024^3 fp32, measured): {result['peak_matmul_flops'] / 1e9:.1f} GFLOP/s "
-          f"({result['matmul_backend']}; torch's own a @ b: {peak_torch / 1e9:.1f})")
+          f"({result['matmul_backend']}; torch's own a @ b: {peak_torch / 1e9:.1f}); attention: "
+          f"{result['attention_backend']}")
     for name in steps:
         r = result[name]
         print(f"{name:>34}: {r['tokens_per_s_median']:>9,.0f} tokens/s  MFU {r['mfu']:.1%} ({r['mfu_of_torch_peak']:.1%} "
               f"of torch's peak)  (rounds: {', '.join(f'{x:,.0f}' for x in r['tokens_per_s_rounds'])})")
-    print(f"{'speedup':>34}: {result['speedup']:.2f}x ({result['speedup_torch_matmul']:.2f}x with torch's matmul)")
+    also = f", {result['speedup_torch_attention']:.2f}x with torch's attention" if kernel else ""
+    print(f"{'speedup':>34}: {result['speedup']:.2f}x ({result['speedup_torch_matmul']:.2f}x with torch's matmul{also})")
     print(f"{'2x would need':>34}: MFU {result['mfu_for_2x']:.1%} of the peak above (on {result['machine']['cpu']})")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

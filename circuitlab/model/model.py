@@ -1,7 +1,8 @@
 """The circuitlab transformer: attention-only (optionally with a ReLU MLP), in TransformerLens layout and hook names.
 
 Two paths compute the same function:
-- the fused fast path (one QKV matmul, `scaled_dot_product_attention`), taken when no hook is attached — training;
+- the fused fast path (one QKV matmul, `attention.causal_attention`: our C kernel for heads of 16 on the CPU, else
+  `scaled_dot_product_attention`), taken when no hook is attached — training;
 - the hooked path (explicit scores and patterns through every `HookPoint`), taken by `run_with_cache` /
   `run_with_hooks` — analysis.
 tests/test_model.py checks that they give the same logits.
@@ -25,6 +26,7 @@ from transformer_lens import ActivationCache, FactoredMatrix, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from circuitlab.model.config import ModelConfig
+from circuitlab.model.attention import causal_attention
 from circuitlab.model.loss import fused_lm_cross_entropy, lm_cross_entropy
 from circuitlab.model.matmul import linear
 
@@ -118,10 +120,8 @@ class Attention(nn.Module):
             q, k, v = q + self.b_Q, k + self.b_K, v + self.b_V
         if cfg.smeared_keys:
             k = self.smear(k)
-        z = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
-        )  # (B, H, T, E)
-        out = linear(z.transpose(1, 2).reshape(B, T, H * E), self.W_O.reshape(H * E, cfg.d_model))
+        z = causal_attention(q, k, v)  # (B, T, H, E)
+        out = linear(z.reshape(B, T, H * E), self.W_O.reshape(H * E, cfg.d_model))
         return out + self.b_O if cfg.attn_bias else out
 
     def _hooked(self, x: Tensor, pos: Tensor | None) -> Tensor:

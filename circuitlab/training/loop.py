@@ -24,7 +24,7 @@ import torch.utils.deterministic as deterministic
 
 from circuitlab.data.tokens import TokenData
 from circuitlab.errors import CircuitlabError
-from circuitlab.model import ModelConfig, Transformer, matmul
+from circuitlab.model import ModelConfig, Transformer, attention, matmul
 from circuitlab.results import atomic_write_text, temporaries
 from circuitlab.training.checkpoints import (
     checkpoint_path, list_checkpoints, load_checkpoint, load_optimizer, optimizer_step, save_checkpoint, save_optimizer,
@@ -107,8 +107,10 @@ def _start(out: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task
     # threads: torch's CPU thread count changes float rounding (the order of the reductions), so a run is only
     # reproduced, and resumed exactly, with the thread count it was trained with
     # matmul: the fast paths' products (oneDNN or torch's own, `model.matmul`) round differently, so likewise
+    # attention: the fast path's attention kernel (circuitlab's C kernel for heads of 16 or torch's, `model.attention`)
     meta = {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "task": task.spec(), "data": task.info(),
-            "threads": torch.get_num_threads(), "matmul": matmul.backend() if device.type == "cpu" else "torch"}
+            "threads": torch.get_num_threads(), "matmul": matmul.backend() if device.type == "cpu" else "torch",
+            "attention": attention.backend() if device.type == "cpu" else "torch"}
     if step is not None:
         model, _ = load_checkpoint(checkpoint_path(out, step), model_cfg, device)
         optimizer = make_optimizer(model, train_cfg)
@@ -157,6 +159,27 @@ def _run_matmul(out: Path, resume: bool):
                               "torch lacks; resume it where it was trained, or train again into another --out")
     log.info("resuming with the %s matmul backend, as %s was trained (float rounding depends on it)", saved, out)
     return matmul.forced(saved)
+
+
+def _run_attention(out: Path, resume: bool):
+    """A context in which a resumed run computes attention with the kernel it was trained with (recorded in run.json
+    since session 23; a run without the record was trained before circuitlab had its own kernel, so with torch's):
+    the two round differently (`model.attention`). New runs use the current backend."""
+    if not resume:
+        return nullcontext()
+    try:
+        meta = json.loads((out / "run.json").read_text())
+        saved = meta.get("attention", "torch")
+    except (OSError, ValueError, AttributeError):
+        return nullcontext()
+    if saved not in ("c16", "torch") or saved == attention.backend():
+        return nullcontext()
+    if saved == "c16" and not attention.available():
+        raise CircuitlabError(f"cannot resume {out} exactly: it was trained with circuitlab's attention kernel, which "
+                              f"does not build here ({attention.build_error()}); resume it where it was trained, or "
+                              "train again into another --out")
+    log.info("resuming with the %s attention kernel, as %s was trained (float rounding depends on it)", saved, out)
+    return attention.forced(saved)
 
 
 def _holds_run(out: Path) -> bool:
@@ -276,7 +299,7 @@ def _checked_train(model_cfg: ModelConfig, train_cfg: TrainConfig, task: Task, o
     distributed.barrier(ranks)  # every rank has checked the folder before rank 0 writes to it
     threads = torch.get_num_threads()  # a resume may match the run's own count (_match_threads); restored after
     try:
-        with deterministic_kernels(), _run_matmul(out, resume):
+        with deterministic_kernels(), _run_matmul(out, resume), _run_attention(out, resume):
             return _locked_train(model_cfg, train_cfg, task, out, resume, callbacks, progress, stop_at, ranks)
     finally:
         if torch.get_num_threads() != threads:

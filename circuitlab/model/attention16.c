@@ -1,7 +1,8 @@
 #include <math.h>
 #include <stdint.h>
-/* Causal attention for heads of 16 dimensions, forward and backward, one (batch, head) pair at a time: a prototype
-   timed by benchmarks/attention_kernel.py against torch's flash kernel (not used by circuitlab).
+/* Causal attention for heads of 16 dimensions, forward and backward, one (batch, head) pair at a time: the fast
+   path's attention on the CPU where circuitlab.model.attention chooses it (compiled there at run time; timed by
+   benchmarks/attention_kernel.py against torch's flash kernel).
 
    q, k, v, o, dO, dq, dk, dv are [B, T, H, 16] tensors addressed p[b*sb + t*st + h*sh + e] (the fused QKV
    product's views); lse [B, H, T] contiguous, the forward's log-sum-exp per query, which the backward uses to
