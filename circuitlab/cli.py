@@ -99,12 +99,15 @@ def _friendly(fn):
 
 def _use_free_cores() -> int:
     """Every command's set-up: torch threads on the free cores, malloc settings that keep freed memory, and the
-    matmul backend read now, so a bad CIRCUITLAB_MATMUL is one line before any work."""
+    matmul backend and the attention setting read now, so a bad CIRCUITLAB_MATMUL or CIRCUITLAB_ATTENTION is one line
+    before any work."""
+    from circuitlab.model import attention
     from circuitlab.model.matmul import backend
     from circuitlab.training.allocator import keep_freed_memory
     from circuitlab.training.threads import use_free_cores
 
     backend()
+    attention.choice()
     keep_freed_memory()
     return use_free_cores()
 

@@ -198,3 +198,16 @@ def test_a_run_resumes_with_the_attention_kernel_it_was_trained_with(tiny_data, 
             assert attention.backend() == other
         assert all(torch.equal(got[k], weights[saved or "torch"][k]) for k in got)
         assert json.loads((out / "run.json").read_text())["attention"] == (saved or "torch")
+
+
+def test_cli_refuses_an_unknown_attention_setting_in_one_line(rebuilt, tmp_path):
+    from typer.testing import CliRunner
+
+    from circuitlab.cli import app
+
+    rebuilt.setenv(attention.ENV, "flash")
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["train", "--preset", "attn1", "--out", str(out), "--max-steps", "1", "--quiet"])
+    lines = [x for x in r.output.splitlines() if x.startswith("error:")]
+    assert r.exit_code == 2 and len(lines) == 1 and "CIRCUITLAB_ATTENTION='flash'" in lines[0], r.output
+    assert "Traceback" not in r.output and not out.exists()

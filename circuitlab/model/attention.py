@@ -17,8 +17,9 @@ tensors with d_head 16 and at most 512 positions; anything else, and the 'torch'
 `scaled_dot_product_attention`. The backend is chosen once per process:
 
 - `CIRCUITLAB_ATTENTION=c16` or `torch` chooses; unset (`auto`), 'c16' where it was measured faster: an x86-64 AMD
-  CPU with AVX-512 (as `matmul`'s oneDNN rule; session 22's Zen 4: one layer 1.45x torch's kernel on one thread and
-  1.86x on two, `benchmarks/attention_kernel.py`) where the system's C compiler builds the kernel; elsewhere torch's.
+  CPU with AVX-512 (as `matmul`'s oneDNN rule; sessions 21 and 23, Zen 4: one layer 1.42-1.45x torch's kernel on one
+  thread and 1.69-1.86x on two, `benchmarks/attention_kernel.py`) where the system's C compiler builds the kernel;
+  elsewhere torch's (not measured there).
 - The kernel is compiled at first use in each process (`cc -O3 -march=native -ffast-math -fopenmp`, ~0.6 s), into a
   temporary folder removed once loaded. Without a compiler `auto` takes torch's kernel (said once in the log); a
   forced 'c16' is an error.
@@ -83,21 +84,30 @@ def available() -> bool:
     return kernel() is not None
 
 
-@functools.cache
-def _chosen() -> str:
+def choice() -> str:
+    """CIRCUITLAB_ATTENTION's value ('auto' where unset), checked without building anything: the command line reads
+    it first, so a bad value is one line before any work."""
     from circuitlab.errors import CircuitlabError
 
     choice = os.environ.get(ENV, "auto").strip().lower() or "auto"
     if choice not in CHOICES:
         raise CircuitlabError(f"{ENV}={os.environ[ENV]!r} is not one of {', '.join(CHOICES)}: unset it, or choose one")
-    if choice == "torch":
+    return choice
+
+
+@functools.cache
+def _chosen() -> str:
+    from circuitlab.errors import CircuitlabError
+
+    choice_ = choice()
+    if choice_ == "torch":
         return "torch"
-    if choice == "auto":
+    if choice_ == "auto":
         vendor, flags = _cpu_flags()
         if not (platform.machine().lower() in ("x86_64", "amd64") and vendor == "AuthenticAMD" and "avx512f" in flags):
             return "torch"
     if kernel() is None:
-        if choice == "c16":
+        if choice_ == "c16":
             raise CircuitlabError(f"{ENV}=c16, but the attention kernel does not build here ({build_error()}): "
                                   f"install a C compiler (GCC), or unset {ENV}")
         log.info("torch's attention kernel: circuitlab's own could not be built (%s)", build_error())
