@@ -158,6 +158,18 @@ def test_without_a_compiler_auto_takes_torch_and_a_forced_kernel_is_an_error(reb
         attention.backend()
 
 
+@needs_kernel
+def test_a_kernel_that_will_not_load_falls_back_to_torch(rebuilt):
+    """A temporary folder mounted noexec, say: the built library does not load; auto takes torch's kernel."""
+    def refuse(path):
+        raise OSError(f"{path}: failed to map segment from shared object")
+    rebuilt.setattr(attention.ctypes, "CDLL", refuse)
+    rebuilt.setattr(attention, "_cpu_flags", lambda: ("AuthenticAMD", {"avx512f"}))
+    rebuilt.delenv(attention.ENV, raising=False)
+    assert attention.kernel() is None and "would not load" in attention.build_error()
+    assert attention.backend() == "torch"
+
+
 def test_auto_takes_the_kernel_only_on_the_cpus_it_was_measured_on(rebuilt):
     rebuilt.delenv(attention.ENV, raising=False)
     rebuilt.setattr(attention, "kernel", lambda: object())  # as if it built

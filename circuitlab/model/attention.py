@@ -133,7 +133,11 @@ def kernel() -> ctypes.CDLL | None:
         _build_error.append("no C compiler on PATH" if cc is None else
                             "it needs Linux and the libgomp.so.1 of torch's CPU wheel")
         return None
-    folder = Path(tempfile.mkdtemp(prefix="circuitlab-attention16-"))
+    try:
+        folder = Path(tempfile.mkdtemp(prefix="circuitlab-attention16-"))
+    except OSError as e:
+        _build_error.append(f"no temporary folder to build it in: {e}")
+        return None
     try:
         out = folder / "attention16.so"
         # -nostdlib: no start files, so -ffast-math's crtfastmath.o (which would set flush-to-zero for the whole
@@ -148,7 +152,11 @@ def kernel() -> ctypes.CDLL | None:
         if built.returncode != 0:
             _build_error.append(f"{cc}: " + (built.stderr.strip().splitlines() or ["no message"])[0])
             return None
-        lib = ctypes.CDLL(str(out))
+        try:
+            lib = ctypes.CDLL(str(out))
+        except OSError as e:  # a temporary folder mounted noexec, say
+            _build_error.append(f"the built kernel would not load: {e}")
+            return None
     finally:
         shutil.rmtree(folder, ignore_errors=True)  # loaded (or failed): the file is no longer needed
     P, I, L, Fl = ctypes.c_void_p, ctypes.c_int, ctypes.c_longlong, ctypes.c_float
