@@ -21,8 +21,8 @@ tensors with d_head 16 and at most 512 positions; anything else, and the 'torch'
   thread and 1.69-1.86x on two, `benchmarks/attention_kernel.py`) where the system's C compiler builds the kernel;
   elsewhere torch's (not measured there).
 - The kernel is compiled at first use in each process (`cc -O3 -march=native -ffast-math -fopenmp`, ~0.6 s), into a
-  temporary folder removed once loaded. Without a compiler `auto` takes torch's kernel (said once in the log); a
-  forced 'c16' is an error.
+  temporary folder removed once loaded. Without a compiler, or where the built kernel will not load, `auto` takes
+  torch's kernel (said once in the log); a forced 'c16' is an error.
 
 Training records the backend in run.json and a resumed run keeps it (`training.loop`), as it does the matmul
 backend: the two round differently, so a run trained with one does not continue its trajectory with the other.
