@@ -1,6 +1,6 @@
 """circuitlab's causal-attention kernel for heads of 16 (`circuitlab.model.attention`) against torch's flash kernel.
 
-torch's `scaled_dot_product_attention` took ~35% of the induction stage's step on one thread (README, "Performance",
+torch's `scaled_dot_product_attention` took ~35% of the induction stage's step on one thread (docs/performance.md,
 session 21); `circuitlab/model/attention16.c`, compiled at run time by `circuitlab.model.attention`, replaces it on
 the fast path where `auto` chooses it (session 23). This times the two, whatever the backend `auto` chose here, on
 the same strided q, k, v views the fast path passes, and reports:

@@ -3,7 +3,7 @@
 The fast path's attention is softmax(q k^T / sqrt(d_head) + causal mask) v per (batch, head) (Vaswani et al. 2017;
 the attention pattern A of Elhage et al. 2021). torch's `scaled_dot_product_attention` computes it on the CPU with a
 flash kernel that runs at 17-35 GFLOP/s on one thread at the induction preset's shapes (batch 8 x 4 heads x 128
-positions x 16), against ~100 for the products around it: 35% of the induction stage's step (README, "Performance",
+positions x 16), against ~100 for the products around it: 35% of the induction stage's step (docs/performance.md,
 session 21). `attention16.c`, next to this file, computes the same function for d_head = 16, forward and backward:
 scores 16 keys at a time from a transposed K, the output and the gradients as 16-wide vectors (GCC vector
 extensions), the backward recomputing the pattern from the forward's log-sum-exp per query, the (batch, head) pairs

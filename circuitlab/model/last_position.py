@@ -31,8 +31,8 @@ def last_position_logits(model: Transformer, tokens: Tensor) -> Tensor:
     through `matmul.linear` (oneDNN where it is chosen: 1.4x the step on one thread on session 13's AMD CPU,
     `benchmarks/grokking_step.py`). The tables replace per-example W_O and W_in forward products (session 16, kept
     since session 22: 1.09x the step on one thread and 1.06x on two on an AMD EPYC family 25). They sum in another
-    order than the per-example products, so the grokking run's trajectory is not the one before them (README,
-    "Performance")."""
+    order than the per-example products, so the grokking run's trajectory is not the one before them
+    (docs/demo-history.md and docs/performance.md, session 22)."""
     cfg = model.cfg
     if cfg.n_layers != 1 or cfg.layer_norm or cfg.attn_bias or cfg.positional_embedding_type != "standard":
         raise ValueError("last_position_logits covers the grokking model: 1 layer, standard positions, no LN/biases")
