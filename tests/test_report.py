@@ -62,6 +62,11 @@ def results_dir(small_corpus_dir, tmp_path_factory):
     a1 = json.loads((out / "circuits" / "attn1" / "analysis.json").read_text())
     a1["skip_trigrams"][0]["rows"][0]["source"] = EVIL[0]
     (out / "circuits" / "attn1" / "analysis.json").write_text(json.dumps(a1))
+    # the run's summary as `reproduce` writes it, with the grokking stage beside the others
+    stages = {"induction heads (Olsson et al. 2022)": ("ran", 40.0), "circuits (Elhage et al. 2021)": ("ran", 5.0),
+              "grokking (Nanda et al. 2023)": ("ran in parallel", 60.0), "IOI circuit (Wang et al. 2022)": ("ran", 9.0)}
+    (out / "summary.json").write_text(json.dumps({k: {"status": st, "seconds": sec, "claims": {}}
+                                                  for k, (st, sec) in stages.items()}))
     return out
 
 
@@ -78,11 +83,26 @@ def test_report_is_self_contained_and_escapes_corpus_strings(results_dir):
     for sid in ("claims", "circuits-bigram", "circuits-copying", "circuits-skip-trigrams", "circuits-composition",
                 "circuits-heads", "circuits-terms", "attention-viewer", "induction-phase", "induction-position",
                 "induction-pca", "induction-ablation", "induction-behaviours", "grokking-curves", "grokking-measures",
-                "grokking-fourier", "grokking-ablation", "ioi-behaviour", "ioi-circuit", "ioi-evaluation"):
+                "grokking-fourier", "grokking-ablation", "ioi-behaviour", "ioi-circuit", "ioi-evaluation", "time"):
         assert f'id="{sid}"' in text, sid
     # every claim links to a section that exists
     for target in set(re.findall(r'<a href="#([^"]+)">', text)):
         assert f'id="{target}"' in text, target
+
+
+def test_time_section_only_where_the_run_left_its_summary(results_dir, tmp_path):
+    text = build_report(results_dir, tmp_path / "with.html").read_text()
+    assert 'id="time"' in text and 'data-fig="timeline"' in text
+    assert "ran in parallel" in text  # the stages' table
+    bare = tmp_path / "bare"
+    shutil.copytree(results_dir, bare)
+    (bare / "summary.json").unlink()  # results from single experiments, not from `reproduce`
+    text = build_report(bare).read_text()
+    assert 'id="time"' not in text and 'data-fig="timeline"' not in text
+    for damaged in ('{"grokking (Nanda et al. 2023)": {"seconds": 3}}', "{not json", "[1, 2]"):
+        (bare / "summary.json").write_text(damaged)  # the rest of the report does not depend on it
+        text = build_report(bare).read_text()
+        assert 'id="time"' not in text and 'id="claims"' in text, damaged
 
 
 def test_script_json_cannot_close_the_script_element():

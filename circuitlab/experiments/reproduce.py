@@ -41,6 +41,7 @@ from circuitlab.experiments.induction.report import induction_sections
 from circuitlab.experiments.ioi.report import ioi_sections
 from circuitlab.experiments.noise import UNSTABLE, noise_dir, run_noise
 from circuitlab.experiments.seeds import finished, run_seeds, seed_dir
+from circuitlab.experiments.timeline import timeline, timeline_section
 from circuitlab.report.figures import esc
 from circuitlab.report.page import Page, claims_table, viewer_section, write_page
 from circuitlab.results import Result, atomic_write_text
@@ -175,11 +176,15 @@ def reproduce(preset: str, out: Path | str, progress: bool = True, log=print, co
                ioi_model, trains=False)
 
     def report() -> list[Claim]:
+        write_summary()  # the report's timeline reads it
         build_report(out, seeds=seeds)
         return []
 
+    def write_summary() -> None:
+        atomic_write_text(out / "summary.json", json.dumps({k: v.to_json() for k, v in summary.items()}, indent=1))
+
     stage("report", report, False)
-    atomic_write_text(out / "summary.json", json.dumps({k: v.to_json() for k, v in summary.items()}, indent=1))
+    write_summary()
     return summary
 
 
@@ -258,6 +263,16 @@ def build_report(out_dir: Path | str, path: Path | str | None = None, seeds: int
                               f"({type(e).__name__}: {str(e)[:200]}): run `circuitlab reproduce --out {out}` again") from None
 
 
+def _timeline(out: Path, results: dict):
+    """The run's timeline from OUT/summary.json, which `reproduce` writes; None without one (results of single
+    experiments) or where it cannot be read: the rest of the report does not depend on it."""
+    try:
+        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        return timeline(summary, {k: results[k].get("seconds") or {} for k in ("induction", "grokking") if k in results})
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
 def _build(out: Path, analyses: dict, results: dict, claims: list, seeds: int | None, path,
            single: list[str] = ()) -> Path:
     page = Page()
@@ -277,6 +292,8 @@ def _build(out: Path, analyses: dict, results: dict, claims: list, seeds: int | 
         grokking_sections(page, results["grokking"], _other_seeds(out / "grokking", seeds))
     if "ioi" in results:
         ioi_sections(page, results["ioi"])
+    if (t := _timeline(out, results)) is not None:
+        timeline_section(page, t)
     return write_page(page, Path(path) if path else out / "report.html", "circuitlab: reproduced claims",
                       "Elhage et al. 2021 (circuits), Olsson et al. 2022 (induction heads), Nanda et al. 2023 "
                       "(grokking), measured on models trained by <code>circuitlab reproduce</code>; Wang et al. 2022 "
