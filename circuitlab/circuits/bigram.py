@@ -61,7 +61,8 @@ def bigram_agreement(model, tokens: np.ndarray, min_count: int = 100, decode=Non
         emp_lp = np.log(emp_p)
         kl = np.where(emp_p > 0, emp_p * (emp_lp - model_lp), 0.0).sum(1)
     seen = c >= 5
-    r = float(np.corrcoef(model_lp[seen], emp_lp[seen])[0, 1]) if seen.sum() > 2 else float("nan")
+    with np.errstate(divide="ignore", invalid="ignore"):  # r is NaN (undefined) where either side is constant
+        r = float(np.corrcoef(model_lp[seen], emp_lp[seen])[0, 1]) if seen.sum() > 2 else float("nan")
     emp_top = c.argmax(1)
     model_top5 = np.argsort(-model_lp, axis=1)[:, :5]
     flat = np.argsort(-model_lp, axis=None)[:n_strongest]
