@@ -144,42 +144,40 @@ def _match_threads(out: Path, device: torch.device) -> None:
         torch.set_num_threads(saved)
 
 
-def _run_matmul(out: Path, resume: bool):
-    """A context in which a resumed run multiplies with the matmul backend it was trained with (recorded in run.json
-    since session 13): a run begun with oneDNN's products and resumed with torch's (CIRCUITLAB_MATMUL changed) would
-    not continue the uninterrupted trajectory. Runs without the record, and new runs, use the current backend."""
-    try:
-        saved = json.loads((out / "run.json").read_text()).get("matmul") if resume else None
-    except (OSError, ValueError, AttributeError):
-        saved = None
-    if saved not in ("onednn", "torch") or saved == matmul.backend():
-        return nullcontext()
-    if saved == "onednn" and not matmul.onednn_available():
-        raise CircuitlabError(f"cannot resume {out} exactly: it was trained with oneDNN's matrix products, which this "
-                              "torch lacks; resume it where it was trained, or train again into another --out")
-    log.info("resuming with the %s matmul backend, as %s was trained (float rounding depends on it)", saved, out)
-    return matmul.forced(saved)
-
-
-def _run_attention(out: Path, resume: bool):
-    """A context in which a resumed run computes attention with the kernel it was trained with (recorded in run.json
-    since session 23; a run without the record was trained before circuitlab had its own kernel, so with torch's):
-    the two round differently (`model.attention`). New runs use the current backend."""
+def _resumed_kernels(out: Path, resume: bool, key: str, kernels, missing: str | None, special: str, lacking):
+    """A context in which a resumed run computes with the kernels it was trained with, as run.json records them
+    under `key`: `kernels` (a module with `backend()` and `forced(name)`) has two choices that round differently,
+    so a run resumed with the other would not continue the uninterrupted trajectory. A run without the record was
+    trained with `missing` (None: leave the current choice); new runs use the current one. Where `special`, the
+    choice that needs something this machine may lack, was recorded and is not available here, one line
+    (`lacking()` says why)."""
     if not resume:
         return nullcontext()
     try:
-        meta = json.loads((out / "run.json").read_text())
-        saved = meta.get("attention", "torch")
+        saved = json.loads((out / "run.json").read_text()).get(key, missing)
     except (OSError, ValueError, AttributeError):
         return nullcontext()
-    if saved not in ("c16", "torch") or saved == attention.backend():
+    if saved not in (special, "torch") or saved == kernels.backend():
         return nullcontext()
-    if saved == "c16" and not attention.available():
-        raise CircuitlabError(f"cannot resume {out} exactly: it was trained with circuitlab's attention kernel, which "
-                              f"does not build here ({attention.build_error()}); resume it where it was trained, or "
-                              "train again into another --out")
-    log.info("resuming with the %s attention kernel, as %s was trained (float rounding depends on it)", saved, out)
-    return attention.forced(saved)
+    if saved == special and (why := lacking()):
+        raise CircuitlabError(f"cannot resume {out} exactly: it was trained with {why}; resume it where it was "
+                              "trained, or train again into another --out")
+    log.info("resuming with the %s %s kernels, as %s was trained (float rounding depends on them)", saved, key, out)
+    return kernels.forced(saved)
+
+
+def _run_matmul(out: Path, resume: bool):
+    """The matmul backend a resumed run was trained with (recorded in run.json since session 13; runs without the
+    record use the current backend)."""
+    return _resumed_kernels(out, resume, "matmul", matmul, None, "onednn", lambda: None if matmul.onednn_available()
+                            else "oneDNN's matrix products, which this torch lacks")
+
+
+def _run_attention(out: Path, resume: bool):
+    """The attention kernel a resumed run was trained with (recorded in run.json since session 23; a run without the
+    record was trained before circuitlab had its own kernel, so with torch's)."""
+    return _resumed_kernels(out, resume, "attention", attention, "torch", "c16", lambda: None if attention.available()
+                            else f"circuitlab's attention kernel, which does not build here ({attention.build_error()})")
 
 
 def _holds_run(out: Path) -> bool:
